@@ -1,0 +1,109 @@
+// asyncflow: the engine a host embeds.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "asyncflow/clock.hpp"
+#include "asyncflow/error.hpp"
+#include "asyncflow/fields.hpp"
+#include "asyncflow/process.hpp"
+#include "asyncflow/random.hpp"
+#include "asyncflow/store.hpp"
+
+namespace asyncflow {
+
+// How serials look to the outside world.
+enum class SerialForm {
+  // "{instance}_{run}_{secret}" with a 128-bit secret from the random source,
+  // compared in constant time: a guessed or incremented serial never completes
+  // another step. The default.
+  WithSecret,
+  // K2's bare "{instance}_{run}" (e.g. "5_31"), for trusted networks only. Runs
+  // created with a secret still require it.
+  Bare,
+};
+
+// Engine settings. Every field has a usable default.
+struct EngineOptions {
+  // Shape of new serials. Default: WithSecret.
+  SerialForm serials = SerialForm::WithSecret;
+  // Threads that run continuations (the steps after start() or a completion).
+  // 0 (the default): they run inline, in the thread that called start() or
+  // completeServerEvent(), before it returns.
+  std::size_t workers = 0;
+  // Time source for records. Default (null): the system clock.
+  std::shared_ptr<Clock> clock;
+  // Source of serial secrets. Default (null): the OS CSPRNG.
+  std::shared_ptr<RandomSource> random;
+};
+
+// What instance(id) reports.
+struct InstanceInfo {
+  InstanceId id = 0;
+  std::string process;
+  int processVersion = 0;
+  InstanceStatus status = InstanceStatus::Running;
+  std::string currentStep;  // the open or last step; empty before the first
+  StepRunStatus currentStepStatus = StepRunStatus::Ready;
+  std::string serial;       // the current step run's serial (async steps only)
+  Fields fields;
+  std::string error;        // why it failed or was cancelled
+  Timestamp createdAt{};
+  Timestamp updatedAt{};
+};
+
+// Runs process instances against a Store.
+//
+// Every method is safe to call from any thread. One instance is driven by at
+// most one thread at a time; different instances run in parallel. A waiting step
+// costs the engine nothing: it is a row in the store. Errors are values; no
+// method throws.
+class Engine {
+ public:
+  // Shares ownership of `store`, which must not be null.
+  explicit Engine(std::shared_ptr<Store> store, EngineOptions options = {});
+  // Waits for running continuations to finish, then stops the workers.
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Registers a process version. InvalidProcess, with the reason, when it has no
+  // steps, an empty or duplicate step or field name, a line naming an unknown
+  // step, a default of the wrong type, or a name and version already defined.
+  [[nodiscard]] Result<void> define(const Process& process);
+
+  // Starts an instance of the newest defined version of `process`, with the
+  // declared defaults overlaid by `fields`, and (inline mode) runs it until it
+  // waits or ends. NotFound for an unknown process; InvalidField for an
+  // undeclared or wrongly typed field; StoreError if the start was not stored.
+  [[nodiscard]] Result<InstanceId> start(std::string_view process, Fields fields = {});
+
+  // The external system's callback: completes the step run named by `serial`
+  // with `fields`. Success means the completion is durable; the next steps then
+  // run (inline mode: before this returns). See the outcome table in README.md:
+  // InvalidSerial, NotFound, AlreadyCompleted, TimedOut, StepFailed, Cancelled,
+  // InvalidField, StoreError, Conflict; on any error nothing changed.
+  [[nodiscard]] Result<void> completeServerEvent(std::string_view serial, Fields fields = {});
+
+  // Ends the instance: its open step run and the instance become Cancelled, and
+  // a later completion of its serial gets Cancelled. NotFound for an unknown id;
+  // an instance that already ended answers AlreadyCompleted (it completed),
+  // StepFailed (it failed) or Cancelled (it was cancelled).
+  [[nodiscard]] Result<void> cancel(InstanceId id, std::string reason);
+
+  // The instance's status, current step and fields. NotFound for an unknown id.
+  [[nodiscard]] Result<InstanceInfo> instance(InstanceId id) const;
+
+  // Blocks until no continuation is queued or running. Returns at once in
+  // inline mode. For tests and orderly shutdown.
+  void waitIdle();
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace asyncflow

@@ -1,0 +1,185 @@
+// asyncflow: the pluggable persistence interface.
+//
+// A Store holds instances, their data fields and their step runs. The engine
+// reads through a few queries and writes through one primitive, apply(), which
+// takes a batch of change sets and applies each atomically, guarded by the
+// instance's version (optimistic concurrency). Batching is what lets a store
+// commit many transitions with one fsync.
+//
+// Implementations: MemoryStore (memory_store.hpp) and SqliteStore. A third-party
+// store must pass the store conformance suite.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "asyncflow/clock.hpp"
+#include "asyncflow/error.hpp"
+#include "asyncflow/fields.hpp"
+#include "asyncflow/step.hpp"
+
+namespace asyncflow {
+
+// Lifecycle of an instance.
+enum class InstanceStatus {
+  Running,    // a step is ready or its handler is running
+  Waiting,    // the current step run waits for the external system
+  Completed,  // the instance reached its end
+  Failed,     // a step failed and no line handled it
+  Cancelled,  // cancel() ended it
+};
+
+// Lifecycle of a step run (DESIGN.md section 4).
+enum class StepRunStatus {
+  Ready,      // committed with its serial; the handler has not been started
+  Starting,   // the handler has been (or is being) started; a crash means re-run
+  Waiting,    // an async step waits for completeServerEvent
+  Completed,  // done; the instance moved on
+  Failed,     // the handler failed or threw
+  TimedOut,   // the deadline passed before the completion
+  Cancelled,  // the instance was cancelled while this run was open
+};
+
+// Whether a step run belongs to a Step or an AsyncStep.
+enum class StepKind { Sync, Async };
+
+// "Running", "Waiting", ... Never fail.
+std::string_view statusName(InstanceStatus status) noexcept;
+std::string_view statusName(StepRunStatus status) noexcept;
+
+// True for Completed, Failed, TimedOut and Cancelled.
+constexpr bool isTerminal(StepRunStatus s) noexcept {
+  return s == StepRunStatus::Completed || s == StepRunStatus::Failed ||
+         s == StepRunStatus::TimedOut || s == StepRunStatus::Cancelled;
+}
+constexpr bool isTerminal(InstanceStatus s) noexcept {
+  return s == InstanceStatus::Completed || s == InstanceStatus::Failed ||
+         s == InstanceStatus::Cancelled;
+}
+
+// One execution of a step within an instance. (instance, run) is its key; the
+// serial the outside world sees is "{instance}_{run}" plus "_{secret}" when the
+// run has a secret.
+struct StepRunRecord {
+  InstanceId instance = 0;
+  std::int64_t run = 0;  // 1-based, unique within the instance
+  std::string step;      // the step's name in the process version
+  StepKind kind = StepKind::Sync;
+  StepRunStatus status = StepRunStatus::Ready;
+  int attempt = 0;       // how many times the engine has started the handler
+  std::string secret;    // base64url; empty for bare (K2-compatible) serials
+  // A completion that arrived before the step waited (or the one that completed
+  // it): its fields, and whether there is one.
+  bool hasCompletion = false;
+  Fields completion;
+  std::string error;     // why it failed, timed out or was cancelled
+  Timestamp createdAt{};
+  Timestamp waitingSince{};  // epoch when it never waited
+  Timestamp finishedAt{};    // epoch while open
+
+  friend bool operator==(const StepRunRecord& a, const StepRunRecord& b) {
+    return a.instance == b.instance && a.run == b.run && a.step == b.step && a.kind == b.kind &&
+           a.status == b.status && a.attempt == b.attempt && a.secret == b.secret &&
+           a.hasCompletion == b.hasCompletion && a.completion == b.completion &&
+           a.error == b.error && a.createdAt == b.createdAt && a.waitingSince == b.waitingSince &&
+           a.finishedAt == b.finishedAt;
+  }
+};
+
+// The header row of an instance (its fields are stored beside it).
+struct InstanceRecord {
+  InstanceId id = 0;
+  std::string process;
+  int processVersion = 0;
+  InstanceStatus status = InstanceStatus::Running;
+  // Optimistic-concurrency counter: 1 after creation, +1 per applied change set.
+  std::uint64_t version = 0;
+  std::int64_t currentRun = 0;  // the open or last step run; 0 before the first
+  std::int64_t lastRun = 0;     // the highest run number allocated
+  std::string error;            // why it failed or was cancelled
+  Timestamp createdAt{};
+  Timestamp updatedAt{};
+
+  friend bool operator==(const InstanceRecord& a, const InstanceRecord& b) {
+    return a.id == b.id && a.process == b.process && a.processVersion == b.processVersion &&
+           a.status == b.status && a.version == b.version && a.currentRun == b.currentRun &&
+           a.lastRun == b.lastRun && a.error == b.error && a.createdAt == b.createdAt &&
+           a.updatedAt == b.updatedAt;
+  }
+};
+
+// An instance as loaded: its header and all its data fields.
+struct InstanceSnapshot {
+  InstanceRecord record;
+  Fields fields;
+};
+
+// One atomic transition of one instance.
+struct ChangeSet {
+  // The header after the transition. `instance.id == 0` creates a new instance:
+  // the store assigns the id and writes it into the step runs below.
+  InstanceRecord instance;
+  // The version the stored instance must have for the set to apply (ignored on
+  // create). The store writes version = expectedVersion + 1 (1 on create).
+  std::uint64_t expectedVersion = 0;
+  // Data fields written by the transition (upserted; fields are never removed).
+  Fields fields;
+  // Step runs inserted or replaced, keyed by (instance, run).
+  std::vector<StepRunRecord> stepRuns;
+};
+
+// What happened to one change set of a batch.
+enum class ApplyStatus {
+  Applied,   // written
+  Conflict,  // the stored version differed; nothing of this set was written
+};
+
+struct ApplyResult {
+  ApplyStatus status = ApplyStatus::Conflict;
+  InstanceId instance = 0;  // the id, assigned on create
+};
+
+// The persistence interface. Every method is thread-safe. No method throws:
+// failures are StoreError (I/O, busy, full) and leave the store unchanged.
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // The instance and its fields; NotFound if there is no such id.
+  virtual Result<InstanceSnapshot> loadInstance(InstanceId id) = 0;
+
+  // One step run; NotFound if the instance or run does not exist.
+  virtual Result<StepRunRecord> loadStepRun(InstanceId instance, std::int64_t run) = 0;
+
+  // Applies each change set atomically and in order, reporting each one's
+  // status in the same order. A StoreError means no set of the batch was written.
+  virtual Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) = 0;
+};
+
+// Forwards every call to another store, so a test can override one method (to
+// inject a fault, count calls, add a latch). Does not own the target unless given
+// ownership through the shared_ptr.
+class StoreWrapper : public Store {
+ public:
+  explicit StoreWrapper(std::shared_ptr<Store> target) : target_(std::move(target)) {}
+
+  Result<InstanceSnapshot> loadInstance(InstanceId id) override {
+    return target_->loadInstance(id);
+  }
+  Result<StepRunRecord> loadStepRun(InstanceId instance, std::int64_t run) override {
+    return target_->loadStepRun(instance, run);
+  }
+  Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) override {
+    return target_->apply(std::move(batch));
+  }
+
+  Store& target() const noexcept { return *target_; }
+
+ private:
+  std::shared_ptr<Store> target_;
+};
+
+}  // namespace asyncflow

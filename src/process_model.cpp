@@ -1,0 +1,128 @@
+#include "process_model.hpp"
+
+#include <exception>
+#include <type_traits>
+#include <variant>
+
+#include <fmt/format.h>
+
+namespace asyncflow::detail {
+
+Result<Fields> CompiledProcess::checkFields(const Fields& fields) const {
+  Fields checked;
+  for (const auto& [name, value] : fields) {
+    auto declared = fieldTypes.find(name);
+    if (declared == fieldTypes.end()) {
+      return fail(Errc::InvalidField,
+                  fmt::format("field '{}' is not declared by process '{}'", name, this->name));
+    }
+    const Type type = declared->second;
+    if (value.isNull() || value.type() == type) {
+      checked.set(name, value);
+    } else if (type == Type::Double && value.type() == Type::Int64) {
+      checked.set(name, *value.as<double>());
+    } else {
+      return fail(Errc::InvalidField, fmt::format("field '{}' is {}, but a {} was given", name,
+                                                  typeName(type), typeName(value.type())));
+    }
+  }
+  return checked;
+}
+
+Route CompiledProcess::routeAfter(std::size_t from, const Fields& fields) const {
+  const CompiledStep& step = steps[from];
+  if (step.lines.empty()) {
+    return from + 1 < steps.size() ? Route::to(from + 1) : Route::end();
+  }
+  for (std::size_t index : step.lines) {
+    const Line& line = lines[index];
+    bool taken = true;
+    if (line.rule) {
+      try {
+        taken = line.rule(fields);
+      } catch (const std::exception& e) {
+        return Route::failure(fmt::format("the rule of line '{}' -> '{}' threw: {}", line.from,
+                                          line.to, e.what()));
+      } catch (...) {
+        return Route::failure(
+            fmt::format("the rule of line '{}' -> '{}' threw", line.from, line.to));
+      }
+    }
+    if (taken) return Route::to(stepIndex.at(line.to));
+  }
+  return Route::failure(fmt::format("no line from step '{}' matched", step.name));
+}
+
+Result<std::shared_ptr<const CompiledProcess>> compileProcess(const Process& process) {
+  auto invalid = [&](const std::string& why) {
+    return fail(Errc::InvalidProcess,
+                fmt::format("process '{}' version {}: {}", process.name(), process.version(), why));
+  };
+  if (process.name().empty()) return invalid("the process name is empty");
+  if (process.steps().empty()) return invalid("it has no steps");
+
+  auto compiled = std::make_shared<CompiledProcess>();
+  compiled->name = process.name();
+  compiled->version = process.version();
+
+  for (const FieldDecl& field : process.fields()) {
+    if (field.name.empty()) return invalid("a field has an empty name");
+    if (field.type == Type::Null) {
+      return invalid(fmt::format("field '{}' is declared Null; declare a value type", field.name));
+    }
+    if (!compiled->fieldTypes.emplace(field.name, field.type).second) {
+      return invalid(fmt::format("field '{}' is declared twice", field.name));
+    }
+    Value initial = field.initial;
+    if (!initial.isNull() && initial.type() != field.type) {
+      if (field.type == Type::Double && initial.type() == Type::Int64) {
+        initial = *initial.as<double>();
+      } else {
+        return invalid(fmt::format("the default of field '{}' is {}, but the field is {}",
+                                   field.name, typeName(initial.type()), typeName(field.type)));
+      }
+    }
+    compiled->defaults.set(field.name, std::move(initial));
+  }
+
+  for (const auto& variant : process.steps()) {
+    CompiledStep step;
+    bool hasHandler = false;
+    std::visit(
+        [&](const auto& s) {
+          step.name = s.name();
+          if constexpr (std::is_same_v<std::decay_t<decltype(s)>, AsyncStep>) {
+            step.kind = StepKind::Async;
+            step.async = s.handler();
+            hasHandler = static_cast<bool>(step.async);
+          } else {
+            step.kind = StepKind::Sync;
+            step.sync = s.handler();
+            hasHandler = static_cast<bool>(step.sync);
+          }
+        },
+        variant);
+    if (step.name.empty()) return invalid("a step has an empty name");
+    if (!hasHandler) return invalid(fmt::format("step '{}' has no handler", step.name));
+    if (!compiled->stepIndex.emplace(step.name, compiled->steps.size()).second) {
+      return invalid(fmt::format("two steps are named '{}'", step.name));
+    }
+    compiled->steps.push_back(std::move(step));
+  }
+
+  compiled->lines = process.lines();
+  for (std::size_t i = 0; i < compiled->lines.size(); ++i) {
+    const Line& line = compiled->lines[i];
+    auto from = compiled->stepIndex.find(line.from);
+    if (from == compiled->stepIndex.end()) {
+      return invalid(fmt::format("a line starts at unknown step '{}'", line.from));
+    }
+    if (compiled->stepIndex.count(line.to) == 0) {
+      return invalid(fmt::format("a line from '{}' goes to unknown step '{}'", line.from, line.to));
+    }
+    compiled->steps[from->second].lines.push_back(i);
+  }
+  return std::shared_ptr<const CompiledProcess>(std::move(compiled));
+}
+
+}  // namespace asyncflow::detail
