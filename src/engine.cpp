@@ -122,6 +122,14 @@ class Engine::Impl {
     const std::string shown = detail::formatSerial(parts->instance, parts->run, {});
 
     for (int attempt = 0; attempt < kMaxWriteRetries; ++attempt) {
+      // Instance first, then run: every change to a run bumps its instance's
+      // version, so a run read after the instance is never older than the
+      // version the change set below is guarded by.
+      auto snapshot = store_->loadInstance(parts->instance);
+      if (!snapshot) {
+        if (snapshot.error().code != Errc::NotFound) return tl::unexpected(snapshot.error());
+        return fail(Errc::NotFound, fmt::format("no step run {}", shown));
+      }
       auto run = store_->loadStepRun(parts->instance, parts->run);
       if (!run) return tl::unexpected(run.error());
       if (!detail::constantTimeEquals(run->secret, parts->secret)) {
@@ -131,8 +139,6 @@ class Engine::Impl {
         return fail(Errc::NotFound,
                     fmt::format("step run {} ('{}') is not an async step", shown, run->step));
       }
-      auto snapshot = store_->loadInstance(parts->instance);
-      if (!snapshot) return tl::unexpected(snapshot.error());
       if (auto closed = refuseCompletion(*snapshot, *run, shown); !closed) {
         return tl::unexpected(closed.error());
       }

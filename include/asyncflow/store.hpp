@@ -117,7 +117,10 @@ struct InstanceSnapshot {
   Fields fields;
 };
 
-// One atomic transition of one instance.
+// One atomic transition of one instance. Every change to a step run travels in
+// a change set of its instance, so the instance's version covers its runs too: a
+// reader that loads the instance and then a run, and writes guarded by that
+// version, can never act on a run older than the instance it read.
 struct ChangeSet {
   // The header after the transition. `instance.id == 0` creates a new instance:
   // the store assigns the id and writes it into the step runs below.
