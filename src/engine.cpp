@@ -190,8 +190,8 @@ class Engine::Impl {
         case InstanceStatus::Completed:
           return fail(Errc::AlreadyCompleted, fmt::format("instance {} already completed", id));
         case InstanceStatus::Failed:
-          return fail(Errc::StepFailed, fmt::format("instance {} already failed: {}", id,
-                                                    record.error));
+          return fail(Errc::StepFailed,
+                      fmt::format("instance {} already failed: {}", id, record.error));
         case InstanceStatus::Cancelled:
           return fail(Errc::Cancelled, fmt::format("instance {} is already cancelled", id));
         case InstanceStatus::Running:
@@ -385,12 +385,8 @@ class Engine::Impl {
     }
 
     switch (route.kind) {
-      case detail::Route::Kind::End:
-        set.instance.status = InstanceStatus::Completed;
-        break;
-      case detail::Route::Kind::Failure:
-        failInstance(route.error);
-        break;
+      case detail::Route::Kind::End: set.instance.status = InstanceStatus::Completed; break;
+      case detail::Route::Kind::Failure: failInstance(route.error); break;
       case detail::Route::Kind::Step: {
         set.instance.status = InstanceStatus::Running;
         auto next = newRun(process, set.instance, route.step, now);
@@ -409,8 +405,8 @@ class Engine::Impl {
     auto results = store_->apply(std::move(batch));
     if (!results) return tl::unexpected(results.error());
     if (results->size() != 1) {
-      return fail(Errc::Internal, fmt::format("store answered {} results for 1 change set",
-                                              results->size()));
+      return fail(Errc::Internal,
+                  fmt::format("store answered {} results for 1 change set", results->size()));
     }
     return results->front();
   }
@@ -598,7 +594,8 @@ Result<void> Engine::define(const Process& process) {
   try {
     return impl_->define(process);
   } catch (...) {
-    return fail(Errc::Internal, fmt::format("define: {}", describeException(std::current_exception())));
+    return fail(Errc::Internal,
+                fmt::format("define: {}", describeException(std::current_exception())));
   }
 }
 
@@ -606,7 +603,8 @@ Result<InstanceId> Engine::start(std::string_view process, Fields fields) {
   try {
     return impl_->start(process, fields);
   } catch (...) {
-    return fail(Errc::Internal, fmt::format("start: {}", describeException(std::current_exception())));
+    return fail(Errc::Internal,
+                fmt::format("start: {}", describeException(std::current_exception())));
   }
 }
 
@@ -614,7 +612,8 @@ Result<void> Engine::completeServerEvent(std::string_view serial, Fields fields)
   try {
     return impl_->completeServerEvent(serial, fields);
   } catch (...) {
-    return fail(Errc::Internal, fmt::format("completeServerEvent: {}", describeException(std::current_exception())));
+    return fail(Errc::Internal, fmt::format("completeServerEvent: {}",
+                                            describeException(std::current_exception())));
   }
 }
 
@@ -622,7 +621,8 @@ Result<void> Engine::cancel(InstanceId id, std::string reason) {
   try {
     return impl_->cancel(id, reason);
   } catch (...) {
-    return fail(Errc::Internal, fmt::format("cancel: {}", describeException(std::current_exception())));
+    return fail(Errc::Internal,
+                fmt::format("cancel: {}", describeException(std::current_exception())));
   }
 }
 
@@ -630,7 +630,8 @@ Result<InstanceInfo> Engine::instance(InstanceId id) const {
   try {
     return impl_->instance(id);
   } catch (...) {
-    return fail(Errc::Internal, fmt::format("instance: {}", describeException(std::current_exception())));
+    return fail(Errc::Internal,
+                fmt::format("instance: {}", describeException(std::current_exception())));
   }
 }
 

@@ -41,8 +41,8 @@ Route CompiledProcess::routeAfter(std::size_t from, const Fields& fields) const 
       try {
         taken = line.rule(fields);
       } catch (const std::exception& e) {
-        return Route::failure(fmt::format("the rule of line '{}' -> '{}' threw: {}", line.from,
-                                          line.to, e.what()));
+        return Route::failure(
+            fmt::format("the rule of line '{}' -> '{}' threw: {}", line.from, line.to, e.what()));
       } catch (...) {
         return Route::failure(
             fmt::format("the rule of line '{}' -> '{}' threw", line.from, line.to));

@@ -7,8 +7,7 @@
 namespace asyncflow::detail {
 namespace {
 
-constexpr char kBase64Url[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+constexpr char kBase64Url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 bool isBase64Url(char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
@@ -33,7 +32,8 @@ std::string encodeBase64Url(const std::uint8_t* data, std::size_t size) {
   out.reserve((size * 4 + 2) / 3);
   std::size_t i = 0;
   for (; i + 3 <= size; i += 3) {
-    std::uint32_t n = (std::uint32_t{data[i]} << 16) | (std::uint32_t{data[i + 1]} << 8) | data[i + 2];
+    std::uint32_t n =
+        (std::uint32_t{data[i]} << 16) | (std::uint32_t{data[i + 1]} << 8) | data[i + 2];
     out += kBase64Url[(n >> 18) & 63];
     out += kBase64Url[(n >> 12) & 63];
     out += kBase64Url[(n >> 6) & 63];
@@ -78,9 +78,8 @@ Result<SerialParts> parseSerial(std::string_view serial) {
                                                  shown()));
   }
   const auto second = serial.find('_', first + 1);
-  const auto runText = serial.substr(first + 1, second == std::string_view::npos
-                                                    ? std::string_view::npos
-                                                    : second - first - 1);
+  const auto runText = serial.substr(
+      first + 1, second == std::string_view::npos ? std::string_view::npos : second - first - 1);
   if (!parseId(serial.substr(0, first), parts.instance) || !parseId(runText, parts.run)) {
     return fail(Errc::InvalidSerial,
                 fmt::format("serial '{}' does not start with two positive ids", shown()));
@@ -90,8 +89,7 @@ Result<SerialParts> parseSerial(std::string_view serial) {
     bool valid = secret.size() == kSecretChars;
     for (char c : secret) valid = valid && isBase64Url(c);
     if (!valid) {
-      return fail(Errc::InvalidSerial,
-                  fmt::format("serial '{}' has a malformed secret", shown()));
+      return fail(Errc::InvalidSerial, fmt::format("serial '{}' has a malformed secret", shown()));
     }
     parts.secret = std::string(secret);
   }

@@ -67,8 +67,7 @@ struct Observed {
   StepRunStatus stepStatus;
   Fields fields;
   bool operator==(const Observed& o) const {
-    return status == o.status && step == o.step && stepStatus == o.stepStatus &&
-           fields == o.fields;
+    return status == o.status && step == o.step && stepStatus == o.stepStatus && fields == o.fields;
   }
 };
 
@@ -384,8 +383,8 @@ TEST_CASE("early completion: a completion that arrives while the handler runs is
 
   SECTION("an early completion with a bad field is refused and records nothing") {
     flow.submit = [&](AsyncStepContext& ctx) {
-      CHECK(hasCode(engine.completeServerEvent(ctx.serial(), {{"Nope", true}}),
-                    Errc::InvalidField));
+      CHECK(
+          hasCode(engine.completeServerEvent(ctx.serial(), {{"Nope", true}}), Errc::InvalidField));
       return StartOutcome::wait();
     };
     REQUIRE(engine.define(flow.process()));
@@ -460,11 +459,10 @@ TEST_CASE("a handler that writes an undeclared or mistyped field fails its step,
   Harness h;
   Engine engine(h.store, h.options());
   Process p("Writes", 1);
-  p.field("Count", Type::Int64, 0)
-      .step(Step("Write", [](StepContext& ctx) {
-        ctx.fields().set("Undeclared", 1);
-        return StepOutcome::next();
-      }));
+  p.field("Count", Type::Int64, 0).step(Step("Write", [](StepContext& ctx) {
+    ctx.fields().set("Undeclared", 1);
+    return StepOutcome::next();
+  }));
   Process q("Mistyped", 1);
   q.field("Count", Type::Int64, 0).step(Step("Write", [](StepContext& ctx) {
     ctx.fields().set("Count", "many");
@@ -489,14 +487,16 @@ TEST_CASE("a chain of sync steps runs in order and carries fields") {
   Engine engine(h.store, h.options());
   Process p("Chain", 1);
   p.field("Trail", Type::String, "")
-      .step(Step("A", [](StepContext& ctx) {
-        ctx.fields().set("Trail", ctx.fields().get<std::string>("Trail").value() + "a");
-        return StepOutcome::next();
-      }))
-      .step(Step("B", [](StepContext& ctx) {
-        ctx.fields().set("Trail", ctx.fields().get<std::string>("Trail").value() + "b");
-        return StepOutcome::next();
-      }))
+      .step(Step("A",
+                 [](StepContext& ctx) {
+                   ctx.fields().set("Trail", ctx.fields().get<std::string>("Trail").value() + "a");
+                   return StepOutcome::next();
+                 }))
+      .step(Step("B",
+                 [](StepContext& ctx) {
+                   ctx.fields().set("Trail", ctx.fields().get<std::string>("Trail").value() + "b");
+                   return StepOutcome::next();
+                 }))
       .step(Step("C", [](StepContext& ctx) {
         ctx.fields().set("Trail", ctx.fields().get<std::string>("Trail").value() + "c");
         return StepOutcome::next();
@@ -530,8 +530,9 @@ TEST_CASE("lines route by rules on the fields") {
       .step(record("Reject"))
       .line("Decide", "Approve",
             [](const Fields& f) { return f.get<std::string>("Status") == std::string("Approved"); })
-      .line("Decide", "Reject",
-            [](const Fields& f) { return f.get<std::string>("Status") == std::string("Rejected"); });
+      .line("Decide", "Reject", [](const Fields& f) {
+        return f.get<std::string>("Status") == std::string("Rejected");
+      });
   REQUIRE(engine.define(p));
 
   SECTION("the first matching line wins") {

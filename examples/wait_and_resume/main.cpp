@@ -57,7 +57,8 @@ class Erp {
     }
     say("  [erp]    processed order ", job.orderId, "; calling completeServerEvent(\"", job.serial,
         "\")");
-    auto done = engine.completeServerEvent(job.serial, {{"Status", "Approved"}, {"ApprovedBy", "erp-batch"}});
+    auto done = engine.completeServerEvent(job.serial,
+                                           {{"Status", "Approved"}, {"ApprovedBy", "erp-batch"}});
     if (!done) say("  [erp]    completion refused: ", done.error().toString());
   }
 
@@ -77,8 +78,8 @@ void printState(Engine& engine, InstanceId id) {
     say("  [host]   instance ", id, ": ", info.error().toString());
     return;
   }
-  say("  [host]   instance ", id, " is ", statusName(info->status), " at step '",
-      info->currentStep, "' (", statusName(info->currentStepStatus), ")");
+  say("  [host]   instance ", id, " is ", statusName(info->status), " at step '", info->currentStep,
+      "' (", statusName(info->currentStepStatus), ")");
 }
 
 }  // namespace
@@ -97,19 +98,21 @@ int main() {
       .step(Step("Validate",
                  [](StepContext& ctx) {
                    auto amount = ctx.fields().get<double>("Amount");
-                   say("  [step]   Validate: order ", ctx.fields().getOr<std::string>("OrderId", "?"),
-                       ", amount ", amount.value_or(0.0));
+                   say("  [step]   Validate: order ",
+                       ctx.fields().getOr<std::string>("OrderId", "?"), ", amount ",
+                       amount.value_or(0.0));
                    if (!amount || *amount <= 0) return StepOutcome::fail("amount must be positive");
                    return StepOutcome::next();
                  }))
       .step(AsyncStep("SubmitToErp",
                       [&erp](AsyncStepContext& ctx) {
                         say("  [step]   SubmitToErp: handing serial ", ctx.serial(), " to the ERP");
-                        auto response =
-                            erp.submit(ctx.serial(), ctx.fields().getOr<std::string>("OrderId", ""));
+                        auto response = erp.submit(ctx.serial(),
+                                                   ctx.fields().getOr<std::string>("OrderId", ""));
                         // Use the outbound call's response before waiting.
                         ctx.fields().set("ErpTicket", response.ticket);
-                        if (!response.accepted) return StartOutcome::fail("the ERP refused the order");
+                        if (!response.accepted)
+                          return StartOutcome::fail("the ERP refused the order");
                         say("  [step]   SubmitToErp: ERP answered ticket ", response.ticket,
                             "; waiting");
                         return StartOutcome::wait();

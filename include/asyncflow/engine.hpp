@@ -48,9 +48,9 @@ struct InstanceInfo {
   InstanceStatus status = InstanceStatus::Running;
   std::string currentStep;  // the open or last step; empty before the first
   StepRunStatus currentStepStatus = StepRunStatus::Ready;
-  std::string serial;       // the current step run's serial (async steps only)
+  std::string serial;  // the current step run's serial (async steps only)
   Fields fields;
-  std::string error;        // why it failed or was cancelled
+  std::string error;  // why it failed or was cancelled
   Timestamp createdAt{};
   Timestamp updatedAt{};
 };

@@ -49,7 +49,8 @@ class Fields {
     }
     auto value = it->second.template as<T>();
     if (!value) {
-      return fail(Errc::InvalidField, "field '" + std::string(name) + "': " + value.error().message);
+      return fail(Errc::InvalidField,
+                  "field '" + std::string(name) + "': " + value.error().message);
     }
     return value;
   }

@@ -48,7 +48,9 @@ class StartOutcome {
   // No wait is needed: the step completes now and the process follows its lines.
   static StartOutcome complete() { return StartOutcome(Kind::Complete, {}); }
   // The outbound call failed: the step fails, and with it the instance.
-  static StartOutcome fail(std::string reason) { return StartOutcome(Kind::Fail, std::move(reason)); }
+  static StartOutcome fail(std::string reason) {
+    return StartOutcome(Kind::Fail, std::move(reason));
+  }
 
   Kind kind() const noexcept { return kind_; }
   // The fail reason; empty otherwise.
@@ -64,8 +66,8 @@ class StartOutcome {
 // used by the one thread running the handler.
 class StepContext {
  public:
-  StepContext(InstanceId instance, std::string process, int version, std::string step,
-              int attempt, Fields& fields)
+  StepContext(InstanceId instance, std::string process, int version, std::string step, int attempt,
+              Fields& fields)
       : instance_(instance), process_(std::move(process)), version_(version),
         step_(std::move(step)), attempt_(attempt), fields_(&fields) {}
   virtual ~StepContext() = default;
@@ -116,8 +118,7 @@ class Step {
  public:
   using Handler = std::function<StepOutcome(StepContext&)>;
 
-  Step(std::string name, Handler handler)
-      : name_(std::move(name)), handler_(std::move(handler)) {}
+  Step(std::string name, Handler handler) : name_(std::move(name)), handler_(std::move(handler)) {}
 
   const std::string& name() const noexcept { return name_; }
   const Handler& handler() const noexcept { return handler_; }

@@ -69,13 +69,13 @@ struct StepRunRecord {
   std::string step;      // the step's name in the process version
   StepKind kind = StepKind::Sync;
   StepRunStatus status = StepRunStatus::Ready;
-  int attempt = 0;       // how many times the engine has started the handler
-  std::string secret;    // base64url; empty for bare (K2-compatible) serials
+  int attempt = 0;     // how many times the engine has started the handler
+  std::string secret;  // base64url; empty for bare (K2-compatible) serials
   // A completion that arrived before the step waited (or the one that completed
   // it): its fields, and whether there is one.
   bool hasCompletion = false;
   Fields completion;
-  std::string error;     // why it failed, timed out or was cancelled
+  std::string error;  // why it failed, timed out or was cancelled
   Timestamp createdAt{};
   Timestamp waitingSince{};  // epoch when it never waited
   Timestamp finishedAt{};    // epoch while open
