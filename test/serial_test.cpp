@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -390,4 +391,22 @@ TEST_CASE("constantTimeEquals compares every byte, NUL and high bytes included")
   CHECK(constantTimeEquals("\xff\x80"s, "\xff\x80"s));
   CHECK_FALSE(constantTimeEquals("\xff\x80"s, "\xff\x81"s));
   CHECK_FALSE(constantTimeEquals("\x80"s, "\x00"s));
+}
+
+TEST_CASE("the default random source is the OS CSPRNG: secrets differ and use all 128 bits") {
+  auto random = asyncflow::osRandom();
+  REQUIRE(random != nullptr);
+  std::set<std::string> secrets;
+  std::set<char> lastChars;
+  for (int i = 0; i < 64; ++i) {
+    auto secret = asyncflow::detail::newSecret(*random);
+    REQUIRE(secret);
+    REQUIRE(secret->size() == asyncflow::detail::kSecretChars);
+    secrets.insert(*secret);
+    lastChars.insert(secret->back());
+  }
+  CHECK(secrets.size() == 64);
+  // The 22nd character carries the last 2 bits of the 16th byte (values 0, 16,
+  // 32, 48 -> 'A', 'Q', 'g', 'w'); a source that left the tail zero shows only 'A'.
+  CHECK(lastChars.size() > 1);
 }
