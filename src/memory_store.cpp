@@ -1,5 +1,6 @@
 #include "asyncflow/memory_store.hpp"
 
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <new>
@@ -41,24 +42,34 @@ Result<StepRunRecord> MemoryStore::loadStepRun(InstanceId instance, std::int64_t
 }
 
 Result<std::vector<ApplyResult>> MemoryStore::apply(std::vector<ChangeSet> batch) {
+  std::lock_guard lock(state_->mutex);
+  // Two phases, so that running out of memory writes nothing: first build every
+  // touched instance's new state on the side (this allocates and may throw),
+  // then swap it in with moves that cannot throw.
+  std::unordered_map<InstanceId, State::Instance> staged;
+  std::vector<ApplyResult> results;
+  InstanceId lastId = state_->lastId;
   try {
-    std::lock_guard lock(state_->mutex);
-    std::vector<ApplyResult> results;
     results.reserve(batch.size());
     for (auto& set : batch) {
       State::Instance* target = nullptr;
       if (set.instance.id == 0) {
-        const InstanceId id = ++state_->lastId;
-        target = &state_->instances[id];
-        set.instance.id = id;
+        set.instance.id = ++lastId;
         set.instance.version = 1;
+        target = &staged[set.instance.id];
       } else {
-        auto it = state_->instances.find(set.instance.id);
-        if (it == state_->instances.end() || it->second.record.version != set.expectedVersion) {
+        auto in = staged.find(set.instance.id);
+        if (in == staged.end()) {
+          auto stored = state_->instances.find(set.instance.id);
+          if (stored != state_->instances.end()) {
+            in = staged.emplace(set.instance.id, stored->second).first;
+          }
+        }
+        if (in == staged.end() || in->second.record.version != set.expectedVersion) {
           results.push_back(ApplyResult{ApplyStatus::Conflict, set.instance.id});
           continue;
         }
-        target = &it->second;
+        target = &in->second;
         set.instance.version = set.expectedVersion + 1;
       }
       target->record = std::move(set.instance);
@@ -70,10 +81,22 @@ Result<std::vector<ApplyResult>> MemoryStore::apply(std::vector<ChangeSet> batch
       }
       results.push_back(ApplyResult{ApplyStatus::Applied, target->record.id});
     }
-    return results;
+    state_->instances.reserve(state_->instances.size() + staged.size());
   } catch (const std::bad_alloc&) {
-    return fail(Errc::StoreError, "out of memory");
+    return fail(Errc::StoreError, "out of memory; nothing was written");
   }
+  for (auto it = staged.begin(); it != staged.end();) {
+    auto next = std::next(it);
+    auto stored = state_->instances.find(it->first);
+    if (stored != state_->instances.end()) {
+      stored->second = std::move(it->second);
+    } else {
+      state_->instances.insert(staged.extract(it));  // a node move: no allocation
+    }
+    it = next;
+  }
+  state_->lastId = lastId;
+  return results;
 }
 
 }  // namespace asyncflow

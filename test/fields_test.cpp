@@ -12,21 +12,7 @@
 #include "asyncflow/error.hpp"
 #include "asyncflow/value.hpp"
 #include "catch.hpp"
-
-namespace Catch {
-template <>
-struct StringMaker<asyncflow::Errc> {
-  static std::string convert(asyncflow::Errc code) {
-    return std::string(asyncflow::errcName(code));
-  }
-};
-template <>
-struct StringMaker<asyncflow::Type> {
-  static std::string convert(asyncflow::Type type) {
-    return std::string(asyncflow::typeName(type));
-  }
-};
-}  // namespace Catch
+#include "test_support.hpp"
 
 namespace {
 
@@ -37,16 +23,8 @@ using asyncflow::Result;
 using asyncflow::Type;
 using asyncflow::Value;
 
-// The error of a result that must have failed.
-template <class T>
-Error errorOf(const Result<T>& result) {
-  REQUIRE_FALSE(result.has_value());
-  return result.error();
-}
-
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
+using asyncflow::testing::contains;
+using asyncflow::testing::errorOf;
 
 // Every code, in declaration order.
 const std::vector<Errc> kAllCodes = {

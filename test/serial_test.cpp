@@ -10,15 +10,7 @@
 #include <vector>
 
 #include "catch.hpp"
-
-namespace Catch {
-template <>
-struct StringMaker<asyncflow::Errc> {
-  static std::string convert(asyncflow::Errc code) {
-    return std::string(asyncflow::errcName(code));
-  }
-};
-}  // namespace Catch
+#include "printers.hpp"
 
 namespace {
 

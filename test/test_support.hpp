@@ -6,10 +6,25 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <string>
+#include <string_view>
 
 #include <asyncflow/asyncflow.hpp>
 
+#include "printers.hpp"
+
 namespace asyncflow::testing {
+
+// The error of a result that must have failed.
+template <class T>
+Error errorOf(const Result<T>& result) {
+  REQUIRE_FALSE(result.has_value());
+  return result.error();
+}
+
+inline bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
 
 // A one-shot gate: wait() blocks until countDown() has been called `count` times.
 class Latch {
