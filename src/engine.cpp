@@ -153,19 +153,17 @@ class Engine::Impl {
 
       const Timestamp now = options_.clock->now();
       const bool waiting = run->status == StepRunStatus::Waiting;
+      run->hasCompletion = true;
+      run->completion = std::move(*checked);
       ChangeSet set;
       if (waiting) {
-        HandlerResult result{HandlerResult::Kind::Complete, {}, {}};
-        run->hasCompletion = true;
-        run->completion = std::move(*checked);
-        auto built = closeRun(*process, *snapshot, std::move(*run), result, now);
+        const HandlerResult completed{HandlerResult::Kind::Complete, {}, {}};
+        auto built = closeRun(*process, *snapshot, std::move(*run), completed, now);
         if (!built) return tl::unexpected(built.error());
         set = std::move(*built);
       } else {
         // Ready or Starting: the handler has not returned yet. Record the
         // completion; the step completes as soon as the handler returns wait().
-        run->hasCompletion = true;
-        run->completion = std::move(*checked);
         set.instance = snapshot->record;
         set.instance.updatedAt = now;
         set.expectedVersion = snapshot->record.version;

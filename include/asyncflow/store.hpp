@@ -152,14 +152,15 @@ class Store {
   virtual ~Store() = default;
 
   // The instance and its fields; NotFound if there is no such id.
-  virtual Result<InstanceSnapshot> loadInstance(InstanceId id) = 0;
+  [[nodiscard]] virtual Result<InstanceSnapshot> loadInstance(InstanceId id) = 0;
 
   // One step run; NotFound if the instance or run does not exist.
-  virtual Result<StepRunRecord> loadStepRun(InstanceId instance, std::int64_t run) = 0;
+  [[nodiscard]] virtual Result<StepRunRecord> loadStepRun(InstanceId instance,
+                                                          std::int64_t run) = 0;
 
   // Applies each change set atomically and in order, reporting each one's
   // status in the same order. A StoreError means no set of the batch was written.
-  virtual Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) = 0;
+  [[nodiscard]] virtual Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) = 0;
 };
 
 // Forwards every call to another store, so a test can override one method (to
