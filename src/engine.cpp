@@ -94,7 +94,7 @@ class Engine::Impl {
     auto given = process->checkFields(fields);
     if (!given) return tl::unexpected(given.error());
 
-    const Timestamp now = options_.clock->now();
+    const Timestamp now = currentTime();
     ChangeSet set;
     set.instance.process = process->name;
     set.instance.processVersion = process->version;
@@ -151,7 +151,7 @@ class Engine::Impl {
       auto checked = process->checkFields(fields);
       if (!checked) return tl::unexpected(checked.error());
 
-      const Timestamp now = options_.clock->now();
+      const Timestamp now = currentTime();
       const bool waiting = run->status == StepRunStatus::Waiting;
       run->hasCompletion = true;
       run->completion = std::move(*checked);
@@ -195,7 +195,7 @@ class Engine::Impl {
         case InstanceStatus::Running:
         case InstanceStatus::Waiting: break;
       }
-      const Timestamp now = options_.clock->now();
+      const Timestamp now = currentTime();
       ChangeSet set;
       set.expectedVersion = record.version;
       set.instance = record;
@@ -251,6 +251,11 @@ class Engine::Impl {
 
  private:
   using ProcessPtr = std::shared_ptr<const detail::CompiledProcess>;
+
+  // The clock's time, truncated to the microseconds every store keeps.
+  Timestamp currentTime() const {
+    return std::chrono::time_point_cast<std::chrono::microseconds>(options_.clock->now());
+  }
 
   ProcessPtr find(const std::string& name, int version) const {
     std::shared_lock lock(processesMutex_);
@@ -360,8 +365,12 @@ class Engine::Impl {
       case HandlerResult::Kind::Complete: break;
     }
 
-    // The completion's fields land after the handler's writes.
-    if (run.hasCompletion) set.fields.merge(run.completion);
+    // The completion's fields land after the handler's writes, and from then on
+    // live in the instance, not on the run.
+    if (run.hasCompletion) {
+      set.fields.merge(run.completion);
+      run.completion = Fields();
+    }
     run.status = StepRunStatus::Completed;
     run.finishedAt = now;
     const std::size_t from = process.stepIndex.at(run.step);
@@ -542,7 +551,7 @@ class Engine::Impl {
                     StepRunRecord run, const HandlerResult& result) {
     const int attempt = run.attempt;
     for (int retry = 0; retry < kMaxWriteRetries; ++retry) {
-      auto set = closeRun(process, snapshot, run, result, options_.clock->now());
+      auto set = closeRun(process, snapshot, run, result, currentTime());
       if (!set) return false;  // no secret for the next run: stays Starting for recovery
       const bool running = set->instance.status == InstanceStatus::Running;
       auto applied = applyOne(std::move(*set));

@@ -4,7 +4,6 @@
 #include <map>
 #include <mutex>
 #include <new>
-#include <unordered_map>
 
 #include <fmt/format.h>
 
@@ -17,7 +16,7 @@ struct MemoryStore::State {
     std::map<std::int64_t, StepRunRecord> runs;
   };
   std::mutex mutex;
-  std::unordered_map<InstanceId, Instance> instances;
+  std::map<InstanceId, Instance> instances;  // ordered: pages walk ids
   InstanceId lastId = 0;
 };
 
@@ -46,7 +45,7 @@ Result<std::vector<ApplyResult>> MemoryStore::apply(std::vector<ChangeSet> batch
   // Two phases, so that running out of memory writes nothing: first build every
   // touched instance's new state on the side (this allocates and may throw),
   // then swap it in with moves that cannot throw.
-  std::unordered_map<InstanceId, State::Instance> staged;
+  std::map<InstanceId, State::Instance> staged;
   std::vector<ApplyResult> results;
   InstanceId lastId = state_->lastId;
   try {
@@ -81,7 +80,6 @@ Result<std::vector<ApplyResult>> MemoryStore::apply(std::vector<ChangeSet> batch
       }
       results.push_back(ApplyResult{ApplyStatus::Applied, target->record.id});
     }
-    state_->instances.reserve(state_->instances.size() + staged.size());
   } catch (const std::bad_alloc&) {
     return fail(Errc::StoreError, "out of memory; nothing was written");
   }
@@ -97,6 +95,46 @@ Result<std::vector<ApplyResult>> MemoryStore::apply(std::vector<ChangeSet> batch
   }
   state_->lastId = lastId;
   return results;
+}
+
+Result<std::vector<WaitingRow>> MemoryStore::listWaiting(const WaitingQuery& query) {
+  try {
+    std::lock_guard lock(state_->mutex);
+    std::vector<WaitingRow> rows;
+    for (auto it = state_->instances.lower_bound(query.afterInstance);
+         it != state_->instances.end() && rows.size() < query.limit; ++it) {
+      const State::Instance& instance = it->second;
+      if (!query.process.empty() && instance.record.process != query.process) continue;
+      for (const auto& [run, record] : instance.runs) {
+        if (it->first == query.afterInstance && run <= query.afterRun) continue;
+        if (record.status != StepRunStatus::Waiting) continue;
+        if (!query.step.empty() && record.step != query.step) continue;
+        rows.push_back(WaitingRow{record, instance.record.process, instance.record.processVersion});
+        if (rows.size() == query.limit) break;
+      }
+    }
+    return rows;
+  } catch (const std::bad_alloc&) {
+    return fail(Errc::StoreError, "out of memory");
+  }
+}
+
+Result<std::vector<InstanceId>> MemoryStore::listRunning(const RunningQuery& query) {
+  try {
+    std::lock_guard lock(state_->mutex);
+    std::vector<InstanceId> ids;
+    for (auto it = state_->instances.upper_bound(query.afterInstance);
+         it != state_->instances.end() && ids.size() < query.limit; ++it) {
+      const InstanceRecord& record = it->second.record;
+      if (record.status == InstanceStatus::Running && record.process == query.process &&
+          record.processVersion == query.processVersion) {
+        ids.push_back(it->first);
+      }
+    }
+    return ids;
+  } catch (const std::bad_alloc&) {
+    return fail(Errc::StoreError, "out of memory");
+  }
 }
 
 }  // namespace asyncflow

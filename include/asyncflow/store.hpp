@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -71,21 +72,23 @@ struct StepRunRecord {
   StepRunStatus status = StepRunStatus::Ready;
   int attempt = 0;     // how many times the engine has started the handler
   std::string secret;  // base64url; empty for bare (K2-compatible) serials
-  // A completion that arrived before the step waited (or the one that completed
-  // it): its fields, and whether there is one.
+  // Whether a completion has arrived for this run, and the fields of one that
+  // arrived before the step waited and is not applied yet (empty once applied:
+  // the fields then live in the instance).
   bool hasCompletion = false;
   Fields completion;
   std::string error;  // why it failed, timed out or was cancelled
   Timestamp createdAt{};
-  Timestamp waitingSince{};  // epoch when it never waited
-  Timestamp finishedAt{};    // epoch while open
+  Timestamp waitingSince{};           // epoch when it never waited
+  Timestamp finishedAt{};             // epoch while open
+  std::optional<Timestamp> deadline;  // when a waiting run times out; none by default
 
   friend bool operator==(const StepRunRecord& a, const StepRunRecord& b) {
     return a.instance == b.instance && a.run == b.run && a.step == b.step && a.kind == b.kind &&
            a.status == b.status && a.attempt == b.attempt && a.secret == b.secret &&
            a.hasCompletion == b.hasCompletion && a.completion == b.completion &&
            a.error == b.error && a.createdAt == b.createdAt && a.waitingSince == b.waitingSince &&
-           a.finishedAt == b.finishedAt;
+           a.finishedAt == b.finishedAt && a.deadline == b.deadline;
   }
 };
 
@@ -145,6 +148,30 @@ struct ApplyResult {
   InstanceId instance = 0;  // the id, assigned on create
 };
 
+// A page of waiting step runs, in (instance, run) order, after a cursor.
+struct WaitingQuery {
+  std::string process;           // only this process; empty: any
+  std::string step;              // only this step; empty: any
+  InstanceId afterInstance = 0;  // keyset cursor: runs after (afterInstance, afterRun)
+  std::int64_t afterRun = 0;
+  std::size_t limit = 100;  // at most this many rows
+};
+
+// One waiting run with the process version it belongs to.
+struct WaitingRow {
+  StepRunRecord run;
+  std::string process;
+  int processVersion = 0;
+};
+
+// A page of Running instances of one process version, in id order, for recovery.
+struct RunningQuery {
+  std::string process;
+  int processVersion = 0;
+  InstanceId afterInstance = 0;
+  std::size_t limit = 1000;
+};
+
 // The persistence interface. Every method is thread-safe. No method throws:
 // failures are StoreError (I/O, busy, full) and leave the store unchanged.
 class Store {
@@ -161,6 +188,13 @@ class Store {
   // Applies each change set atomically and in order, reporting each one's
   // status in the same order. A StoreError means no set of the batch was written.
   [[nodiscard]] virtual Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) = 0;
+
+  // Waiting step runs matching the query, at most query.limit of them.
+  [[nodiscard]] virtual Result<std::vector<WaitingRow>> listWaiting(const WaitingQuery& query) = 0;
+
+  // Ids of instances with status Running of the query's process version: what a
+  // crash may have left mid-step. At most query.limit ids.
+  [[nodiscard]] virtual Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) = 0;
 };
 
 // Forwards every call to another store, so a test can override one method (to
@@ -178,6 +212,12 @@ class StoreWrapper : public Store {
   }
   Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) override {
     return target_->apply(std::move(batch));
+  }
+  Result<std::vector<WaitingRow>> listWaiting(const WaitingQuery& query) override {
+    return target_->listWaiting(query);
+  }
+  Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) override {
+    return target_->listRunning(query);
   }
 
   Store& target() const noexcept { return *target_; }
