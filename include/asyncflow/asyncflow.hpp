@@ -8,6 +8,7 @@
 #include "asyncflow/memory_store.hpp"
 #include "asyncflow/process.hpp"
 #include "asyncflow/random.hpp"
+#include "asyncflow/sqlite_store.hpp"
 #include "asyncflow/step.hpp"
 #include "asyncflow/store.hpp"
 #include "asyncflow/value.hpp"

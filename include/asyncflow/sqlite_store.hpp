@@ -1,0 +1,69 @@
+// asyncflow: the SQLite Store, the embedded default.
+//
+// One database file holds every instance, data field and step run. A waiting
+// step is a row: the host can exit, restart days later and still complete it.
+// SQLite and SQLiteCpp stay behind this header; nothing of them leaks out.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "asyncflow/error.hpp"
+#include "asyncflow/store.hpp"
+
+namespace asyncflow {
+
+// How hard SQLite pushes each commit to disk (PRAGMA synchronous).
+enum class Synchronous {
+  // fsync on every commit: an acknowledged completion survives power loss. The default.
+  Full,
+  // fsync at WAL checkpoints only: commits survive a crash of the process, but
+  // the last ones before a power loss or OS crash may be rolled back. Several
+  // times faster on most disks.
+  Normal,
+};
+
+// Settings for SqliteStore::open. Every field has a usable default.
+struct SqliteOptions {
+  // Durability of commits. Default: Full.
+  Synchronous synchronous = Synchronous::Full;
+  // How long a call waits for another connection's lock before it fails with
+  // StoreError. Default: 5 s.
+  std::chrono::milliseconds busyTimeout{5000};
+};
+
+// A Store in one SQLite database file, in WAL mode, with a versioned schema.
+//
+// Thread-safe: calls are serialised on one connection. Every error is a
+// StoreError that leaves the database as it was. Operators can read it with the
+// sqlite3 shell: tables instances, fields, step_runs, and the view waiting_steps.
+class SqliteStore final : public Store {
+ public:
+  // Opens (creating if absent) the database at `path` and migrates its schema to
+  // the current version. StoreError, touching nothing, when the file is not a
+  // SQLite database, is a SQLite database of another application (it has tables
+  // but is not asyncflow's), or has a schema newer than this library knows.
+  [[nodiscard]] static Result<std::unique_ptr<SqliteStore>> open(const std::string& path,
+                                                                 SqliteOptions options = {});
+
+  ~SqliteStore() override;
+  SqliteStore(const SqliteStore&) = delete;
+  SqliteStore& operator=(const SqliteStore&) = delete;
+
+  // The schema version this library writes; stored in table asyncflow_migrations.
+  static int schemaVersion() noexcept;
+
+  Result<InstanceSnapshot> loadInstance(InstanceId id) override;
+  Result<StepRunRecord> loadStepRun(InstanceId instance, std::int64_t run) override;
+  Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) override;
+  Result<std::vector<WaitingRow>> listWaiting(const WaitingQuery& query) override;
+  Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) override;
+
+ private:
+  class Impl;
+  explicit SqliteStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace asyncflow
