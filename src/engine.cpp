@@ -55,6 +55,14 @@ std::string describeException(std::exception_ptr error) {
 }  // namespace
 
 class Engine::Impl {
+  // Why an instance is driven: to continue after a commit of this engine, or to
+  // recover it after a crash (its current handler may have run already).
+  enum class Drive { Continue, Recover };
+  struct Continuation {
+    InstanceId id = 0;
+    Drive how = Drive::Continue;
+  };
+
  public:
   Impl(std::shared_ptr<Store> store, EngineOptions options)
       : store_(std::move(store)), options_(std::move(options)) {
@@ -78,14 +86,85 @@ class Engine::Impl {
   Result<void> define(const Process& process) {
     auto compiled = detail::compileProcess(process);
     if (!compiled) return tl::unexpected(compiled.error());
-    std::unique_lock lock(processesMutex_);
-    auto& versions = processes_[process.name()];
-    if (versions.count(process.version()) != 0) {
-      return fail(Errc::InvalidProcess, fmt::format("process '{}' version {} is already defined",
-                                                    process.name(), process.version()));
+    {
+      std::unique_lock lock(processesMutex_);
+      auto& versions = processes_[process.name()];
+      if (versions.count(process.version()) != 0) {
+        return fail(Errc::InvalidProcess, fmt::format("process '{}' version {} is already defined",
+                                                      process.name(), process.version()));
+      }
+      versions.emplace(process.version(), *compiled);
     }
-    versions.emplace(process.version(), std::move(*compiled));
+    if (!options_.recoverOnDefine) return {};
+    auto recovered = recoverProcess(**compiled);
+    if (!recovered) {
+      return fail(recovered.error().code,
+                  fmt::format("process '{}' version {} is defined, but recovering its instances "
+                              "failed (call recover() to retry): {}",
+                              process.name(), process.version(), recovered.error().message));
+    }
     return {};
+  }
+
+  Result<std::size_t> recover() {
+    std::vector<ProcessPtr> all;
+    {
+      std::shared_lock lock(processesMutex_);
+      for (const auto& [name, versions] : processes_) {
+        for (const auto& [version, process] : versions) all.push_back(process);
+      }
+    }
+    std::size_t total = 0;
+    for (const auto& process : all) {
+      auto recovered = recoverProcess(*process);
+      if (!recovered) return recovered;
+      total += *recovered;
+    }
+    return total;
+  }
+
+  Result<WaitingPage> waiting(const WaitingFilter& filter) const {
+    constexpr std::size_t kMaxPage = 10'000;
+    if (filter.limit == 0 || filter.limit > kMaxPage) {
+      return fail(Errc::InvalidArgument,
+                  fmt::format("waiting(): limit must be 1 to {}, not {}", kMaxPage, filter.limit));
+    }
+    WaitingQuery query;
+    query.process = filter.process;
+    query.step = filter.step;
+    query.afterInstance = filter.after.instance;
+    query.afterRun = filter.after.run;
+    query.limit = filter.limit;
+    auto rows = store_->listWaiting(query);
+    if (!rows) return tl::unexpected(rows.error());
+    WaitingPage page;
+    page.steps.reserve(rows->size());
+    for (auto& row : *rows) {
+      WaitingStep step;
+      step.serial = detail::formatSerial(row.run.instance, row.run.run, row.run.secret);
+      step.instance = row.run.instance;
+      step.process = std::move(row.process);
+      step.processVersion = row.processVersion;
+      step.step = std::move(row.run.step);
+      step.waitingSince = row.run.waitingSince;
+      step.deadline = row.run.deadline;
+      page.steps.push_back(std::move(step));
+    }
+    if (rows->size() == filter.limit) {
+      page.next = WaitingCursor{rows->back().run.instance, rows->back().run.run};
+    }
+    return page;
+  }
+
+  EngineStats stats() const {
+    EngineStats stats;
+    {
+      std::lock_guard lock(drivingMutex_);
+      stats.drivingInstances = driving_.size();
+    }
+    std::lock_guard lock(queueMutex_);
+    stats.queuedContinuations = queue_.size();
+    return stats;
   }
 
   Result<InstanceId> start(std::string_view name, const Fields& fields) {
@@ -109,7 +188,7 @@ class Engine::Impl {
 
     auto applied = applyOne(std::move(set));
     if (!applied) return tl::unexpected(applied.error());
-    continueInstance(applied->instance);
+    continueInstance(applied->instance, Drive::Continue);
     return applied->instance;
   }
 
@@ -173,7 +252,7 @@ class Engine::Impl {
       auto applied = applyOne(std::move(set));
       if (!applied) return tl::unexpected(applied.error());
       if (applied->status == ApplyStatus::Conflict) continue;
-      if (moveOn) continueInstance(parts->instance);
+      if (moveOn) continueInstance(parts->instance, Drive::Continue);
       return {};
     }
     return fail(Errc::Conflict, fmt::format("step run {} kept changing; retry", shown));
@@ -418,31 +497,47 @@ class Engine::Impl {
     return results->front();
   }
 
+  // Re-drives the Running instances of one process version, page by page.
+  Result<std::size_t> recoverProcess(const detail::CompiledProcess& process) {
+    RunningQuery query;
+    query.process = process.name;
+    query.processVersion = process.version;
+    std::size_t count = 0;
+    for (;;) {
+      auto ids = store_->listRunning(query);
+      if (!ids) return tl::unexpected(ids.error());
+      for (InstanceId id : *ids) continueInstance(id, Drive::Recover);
+      count += ids->size();
+      if (ids->size() < query.limit) return count;
+      query.afterInstance = ids->back();
+    }
+  }
+
   // Runs the instance's next steps: inline, or on a worker.
-  void continueInstance(InstanceId id) {
+  void continueInstance(InstanceId id, Drive how) {
     if (workers_.empty()) {
-      drive(id);
+      drive(id, how);
       return;
     }
     {
       std::lock_guard lock(queueMutex_);
-      queue_.push_back(id);
+      queue_.push_back(Continuation{id, how});
     }
     queueChanged_.notify_one();
   }
 
   void workerLoop() {
     for (;;) {
-      InstanceId id = 0;
+      Continuation next;
       {
         std::unique_lock lock(queueMutex_);
         queueChanged_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
         if (queue_.empty()) return;  // stopping, and nothing left to run
-        id = queue_.front();
+        next = queue_.front();
         queue_.pop_front();
         ++busy_;
       }
-      drive(id);
+      drive(next.id, next.how);
       {
         std::lock_guard lock(queueMutex_);
         --busy_;
@@ -453,20 +548,21 @@ class Engine::Impl {
 
   // Drives one instance until it waits or ends. If another thread is already
   // driving it, asks that thread for one more pass instead of blocking, so one
-  // instance never runs on two threads and no wake-up is lost.
-  void drive(InstanceId id) {
+  // instance never runs on two threads and no wake-up is lost. (A recovery
+  // request for an instance being driven is dropped: it did not crash.)
+  void drive(InstanceId id, Drive how) {
     {
       std::lock_guard lock(drivingMutex_);
       auto [it, inserted] = driving_.try_emplace(id, false);
       if (!inserted) {
-        it->second = true;
+        if (how == Drive::Continue) it->second = true;
         return;
       }
     }
+    bool recovering = how == Drive::Recover;
     for (;;) {
       try {
-        while (stepOnce(id)) {
-        }
+        while (stepOnce(id, recovering)) recovering = false;
       } catch (...) {
         // A throwing store or allocation failure: the instance stays where its
         // last commit left it, and recovery re-drives it.
@@ -483,7 +579,7 @@ class Engine::Impl {
 
   // Runs the instance's current step once and commits the result. Returns true
   // when there may be more to run.
-  bool stepOnce(InstanceId id) {
+  bool stepOnce(InstanceId id, bool recovering) {
     auto snapshot = store_->loadInstance(id);
     if (!snapshot || snapshot->record.status != InstanceStatus::Running) return false;
     auto run = store_->loadStepRun(id, snapshot->record.currentRun);
@@ -494,6 +590,22 @@ class Engine::Impl {
     if (!process) return false;  // not defined here (yet): the instance waits for it
     auto index = process->stepIndex.find(run->step);
     if (index == process->stepIndex.end()) return false;
+
+    if (recovering || run->status == StepRunStatus::Ready) {
+      // The handler may have run before a crash: count this as a new attempt,
+      // durably, before running it again.
+      ++run->attempt;
+      run->status = StepRunStatus::Starting;
+      snapshot->record.updatedAt = currentTime();
+      ChangeSet set;
+      set.expectedVersion = snapshot->record.version;
+      set.instance = snapshot->record;
+      set.stepRuns.push_back(*run);
+      auto applied = applyOne(std::move(set));
+      if (!applied) return false;
+      if (applied->status == ApplyStatus::Conflict) return true;  // changed meanwhile: look again
+      snapshot->record.version += 1;
+    }
 
     HandlerResult result = runHandler(*process, process->steps[index->second], *snapshot, *run);
     return commitResult(*process, std::move(*snapshot), std::move(*run), result);
@@ -580,13 +692,13 @@ class Engine::Impl {
 
   // Instances being driven, each with "another pass requested". Holds only the
   // instances running right now: a waiting instance costs no entry.
-  std::mutex drivingMutex_;
+  mutable std::mutex drivingMutex_;
   std::unordered_map<InstanceId, bool> driving_;
 
-  std::mutex queueMutex_;
+  mutable std::mutex queueMutex_;
   std::condition_variable queueChanged_;
   std::condition_variable idle_;
-  std::deque<InstanceId> queue_;
+  std::deque<Continuation> queue_;
   std::size_t busy_ = 0;
   bool stopping_ = false;
   std::vector<std::thread> workers_;
@@ -641,6 +753,26 @@ Result<InstanceInfo> Engine::instance(InstanceId id) const {
                 fmt::format("instance: {}", describeException(std::current_exception())));
   }
 }
+
+Result<WaitingPage> Engine::waiting(const WaitingFilter& filter) const {
+  try {
+    return impl_->waiting(filter);
+  } catch (...) {
+    return fail(Errc::Internal,
+                fmt::format("waiting: {}", describeException(std::current_exception())));
+  }
+}
+
+Result<std::size_t> Engine::recover() {
+  try {
+    return impl_->recover();
+  } catch (...) {
+    return fail(Errc::Internal,
+                fmt::format("recover: {}", describeException(std::current_exception())));
+  }
+}
+
+EngineStats Engine::stats() const { return impl_->stats(); }
 
 void Engine::waitIdle() { impl_->waitIdle(); }
 

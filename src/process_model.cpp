@@ -1,5 +1,6 @@
 #include "process_model.hpp"
 
+#include <cmath>
 #include <exception>
 #include <type_traits>
 #include <variant>
@@ -17,6 +18,11 @@ Result<Fields> CompiledProcess::checkFields(const Fields& fields) const {
                   fmt::format("field '{}' is not declared by process '{}'", name, this->name));
     }
     const Type type = declared->second;
+    if (value.type() == Type::Double && std::isnan(*value.as<double>())) {
+      // SQLite stores NaN as NULL; refusing it keeps every store faithful.
+      return fail(Errc::InvalidField,
+                  fmt::format("field '{}' is NaN, which cannot be stored", name));
+    }
     if (value.isNull() || value.type() == type) {
       checked.set(name, value);
     } else if (type == Type::Double && value.type() == Type::Int64) {
@@ -74,6 +80,9 @@ Result<std::shared_ptr<const CompiledProcess>> compileProcess(const Process& pro
       return invalid(fmt::format("field '{}' is declared twice", field.name));
     }
     Value initial = field.initial;
+    if (initial.type() == Type::Double && std::isnan(*initial.as<double>())) {
+      return invalid(fmt::format("the default of field '{}' is NaN", field.name));
+    }
     if (!initial.isNull() && initial.type() != field.type) {
       if (field.type == Type::Double && initial.type() == Type::Int64) {
         initial = *initial.as<double>();

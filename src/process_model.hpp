@@ -46,7 +46,8 @@ struct CompiledProcess {
   std::vector<Line> lines;
 
   // Checks each field against the declarations: declared, and null or of the
-  // declared type (an Int64 is accepted for a Double field and converted).
+  // declared type (an Int64 is accepted for a Double field and converted), and
+  // not NaN.
   // Returns the normalised fields, or InvalidField naming the first bad field.
   Result<Fields> checkFields(const Fields& fields) const;
 

@@ -1,5 +1,6 @@
 // Engine semantics: the async step's wait-and-resume cycle, every row of the
 // completeServerEvent outcome table, early completion, routing and failures.
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -758,4 +759,167 @@ TEST_CASE("timestamps come from the injected clock") {
   auto run = h.store->loadStepRun(id, parts.run).value();
   CHECK(run.waitingSince == t0);
   CHECK(run.finishedAt == t0 + std::chrono::minutes(5));
+}
+
+TEST_CASE("NaN is refused as a field value, since no store can keep it") {
+  Harness h;
+  OrderFlow flow;
+  Engine engine(h.store, h.options());
+  REQUIRE(engine.define(flow.process()));
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  auto refused = engine.start("Order", {{"Amount", nan}});
+  REQUIRE(hasCode(refused, Errc::InvalidField));
+  CHECK(refused.error().message.find("Amount") != std::string::npos);
+
+  auto id = engine.start("Order", {}).value();
+  CHECK(
+      hasCode(engine.completeServerEvent(flow.lastSerial, {{"Amount", nan}}), Errc::InvalidField));
+  CHECK(info(engine, id).status == InstanceStatus::Waiting);
+
+  Process bad("NanDefault", 1);
+  bad.field("X", Type::Double, nan).step(Step("A", [](StepContext&) {
+    return StepOutcome::next();
+  }));
+  CHECK(hasCode(engine.define(bad), Errc::InvalidProcess));
+}
+
+TEST_CASE("waiting() lists waiting steps, filtered and paged") {
+  Harness h;
+  OrderFlow flow;
+  Engine engine(h.store, h.options());
+  REQUIRE(engine.define(flow.process()));
+  Process other("Other", 1);
+  other.step(AsyncStep("Hold", [](AsyncStepContext&) { return StartOutcome::wait(); }));
+  REQUIRE(engine.define(other));
+
+  std::vector<std::string> orderSerials;
+  for (int i = 0; i < 12; ++i) {
+    engine.start("Order", {}).value();
+    orderSerials.push_back(flow.lastSerial);
+    if (i % 3 == 0) REQUIRE(engine.start("Other", {}));
+  }
+  h.clock->advance(std::chrono::seconds(1));
+  REQUIRE(engine.completeServerEvent(orderSerials[5], {}));  // no longer waiting
+
+  SECTION("every page once, in order, with the serial and when it began to wait") {
+    WaitingFilter filter;
+    filter.process = "Order";
+    filter.limit = 5;
+    std::vector<std::string> seen;
+    for (;;) {
+      auto page = engine.waiting(filter);
+      REQUIRE(page);
+      for (const auto& step : page->steps) {
+        CHECK(step.process == "Order");
+        CHECK(step.processVersion == 1);
+        CHECK(step.step == "Submit");
+        CHECK(step.waitingSince == Timestamp(std::chrono::seconds(1'700'000'000)));
+        CHECK(!step.deadline);
+        seen.push_back(step.serial);
+      }
+      if (!page->next) break;
+      filter.after = *page->next;
+    }
+    std::vector<std::string> expected = orderSerials;
+    expected.erase(expected.begin() + 5);
+    CHECK(seen == expected);
+  }
+
+  SECTION("filter by step, across processes") {
+    WaitingFilter filter;
+    filter.step = "Hold";
+    auto page = engine.waiting(filter).value();
+    CHECK(page.steps.size() == 4);
+    CHECK(!page.next);
+    filter.step.clear();
+    CHECK(engine.waiting(filter).value().steps.size() == 11 + 4);
+  }
+
+  SECTION("a bad page size is InvalidArgument") {
+    WaitingFilter filter;
+    filter.limit = 0;
+    CHECK(hasCode(engine.waiting(filter), Errc::InvalidArgument));
+    filter.limit = 10'001;
+    CHECK(hasCode(engine.waiting(filter), Errc::InvalidArgument));
+  }
+
+  SECTION("waiting steps hold nothing in the engine") {
+    CHECK(engine.stats().drivingInstances == 0);
+    CHECK(engine.stats().queuedContinuations == 0);
+  }
+}
+
+TEST_CASE("recovery re-runs a step left mid-way, with the same serial and a higher attempt") {
+  // A store error on the handler's commit leaves the run Starting, exactly as a
+  // crash between the handler and its commit would.
+  Harness h;
+  auto failing = std::make_shared<FailingStore>(h.store);
+  OrderFlow flow;
+  std::string firstSerial;
+  {
+    Engine crashed(failing, h.options());
+    flow.submit = [&](AsyncStepContext& ctx) {
+      firstSerial = ctx.serial();
+      failing->failNextApplies(1);  // the commit after this handler fails
+      return StartOutcome::wait();
+    };
+    REQUIRE(crashed.define(flow.process()));
+    auto id = crashed.start("Order", {});
+    REQUIRE(id);
+    auto stuck = info(crashed, *id);
+    REQUIRE(stuck.status == InstanceStatus::Running);
+    REQUIRE(stuck.currentStepStatus == StepRunStatus::Starting);
+  }
+
+  flow.ran.clear();
+  flow.submit = [](AsyncStepContext&) { return StartOutcome::wait(); };
+  Engine engine(h.store, h.options());
+  REQUIRE(engine.define(flow.process()));  // recovers on define
+  CHECK(flow.ran == std::vector<std::string>{"Submit"});
+  CHECK(flow.lastSerial == firstSerial);
+  CHECK(flow.lastAttempt == 2);
+  CHECK(info(engine, 1).status == InstanceStatus::Waiting);
+  REQUIRE(engine.completeServerEvent(firstSerial, {{"Status", "Approved"}}));
+  CHECK(info(engine, 1).status == InstanceStatus::Completed);
+
+  SECTION("recover() finds nothing more to do") { CHECK(engine.recover().value() == 0); }
+}
+
+TEST_CASE("recover() re-drives every defined process; recoverOnDefine can be turned off") {
+  // The store fails the step's own commit (the second apply, after start's):
+  // the run is left Starting, as a crash mid-step would leave it.
+  struct FailSecondApply final : StoreWrapper {
+    using StoreWrapper::StoreWrapper;
+    int calls = 0;
+    Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) override {
+      if (++calls == 2) return fail(Errc::StoreError, "injected");
+      return StoreWrapper::apply(std::move(batch));
+    }
+  };
+  Harness h;
+  int syncAttempt = 0;
+  Process p("Sync", 1);
+  p.field("Done", Type::Bool, false).step(Step("Work", [&](StepContext& ctx) {
+    syncAttempt = ctx.attempt();
+    ctx.fields().set("Done", true);
+    return StepOutcome::next();
+  }));
+  {
+    Engine crashing(std::make_shared<FailSecondApply>(h.store), h.options());
+    REQUIRE(crashing.define(p));
+    REQUIRE(crashing.start("Sync", {}));
+    REQUIRE(info(crashing, 1).currentStepStatus == StepRunStatus::Starting);
+  }
+  syncAttempt = 0;
+  EngineOptions options = h.options();
+  options.recoverOnDefine = false;
+  Engine engine(h.store, options);
+  REQUIRE(engine.define(p));
+  CHECK(syncAttempt == 0);
+  CHECK(info(engine, 1).status == InstanceStatus::Running);
+  CHECK(engine.recover().value() == 1);
+  CHECK(syncAttempt == 2);
+  auto done = info(engine, 1);
+  CHECK(done.status == InstanceStatus::Completed);
+  CHECK(done.fields.get<bool>("Done") == true);
 }

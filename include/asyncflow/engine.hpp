@@ -3,8 +3,10 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "asyncflow/clock.hpp"
 #include "asyncflow/error.hpp"
@@ -38,6 +40,9 @@ struct EngineOptions {
   std::shared_ptr<Clock> clock;
   // Source of serial secrets. Default (null): the OS CSPRNG.
   std::shared_ptr<RandomSource> random;
+  // When true (the default), define() re-drives the instances of the process
+  // version it defines that a crash left mid-step (see recover()).
+  bool recoverOnDefine = true;
 };
 
 // What instance(id) reports.
@@ -53,6 +58,44 @@ struct InstanceInfo {
   std::string error;  // why it failed or was cancelled
   Timestamp createdAt{};
   Timestamp updatedAt{};
+};
+
+// One waiting step run, as waiting() lists it.
+struct WaitingStep {
+  std::string serial;  // what the external system passes to completeServerEvent
+  InstanceId instance = 0;
+  std::string process;
+  int processVersion = 0;
+  std::string step;
+  Timestamp waitingSince{};
+  std::optional<Timestamp> deadline;  // none unless the step has a timeout
+};
+
+// Where a page of waiting() starts: after this (instance, run). Default: the start.
+struct WaitingCursor {
+  InstanceId instance = 0;
+  std::int64_t run = 0;
+};
+
+// What waiting() lists.
+struct WaitingFilter {
+  std::string process;      // only this process; empty (the default): every process
+  std::string step;         // only this step; empty (the default): every step
+  WaitingCursor after;      // continue after this cursor (a previous page's `next`)
+  std::size_t limit = 100;  // page size, 1 to 10,000
+};
+
+// One page of waiting step runs, in (instance, run) order.
+struct WaitingPage {
+  std::vector<WaitingStep> steps;
+  // Where the next page starts; empty when this page is the last.
+  std::optional<WaitingCursor> next;
+};
+
+// What the engine holds in memory right now. Waiting steps never appear here.
+struct EngineStats {
+  std::size_t drivingInstances = 0;     // instances whose steps run at this moment
+  std::size_t queuedContinuations = 0;  // continuations waiting for a worker
 };
 
 // Runs process instances against a Store.
@@ -73,6 +116,9 @@ class Engine {
   // Registers a process version. InvalidProcess, with the reason, when it has no
   // steps, an empty or duplicate step or field name, a line naming an unknown
   // step, a default of the wrong type, or a name and version already defined.
+  // Then, if options.recoverOnDefine, recovers that version's instances (see
+  // recover()); if that fails the process stays defined and the error is
+  // returned, so the host can call recover() again.
   [[nodiscard]] Result<void> define(const Process& process);
 
   // Starts an instance of the newest defined version of `process`, with the
@@ -96,6 +142,22 @@ class Engine {
 
   // The instance's status, current step and fields. NotFound for an unknown id.
   [[nodiscard]] Result<InstanceInfo> instance(InstanceId id) const;
+
+  // Lists waiting step runs, filtered by process and step, one page at a time.
+  // InvalidArgument when filter.limit is 0 or above 10,000; StoreError.
+  [[nodiscard]] Result<WaitingPage> waiting(const WaitingFilter& filter = {}) const;
+
+  // Re-drives instances that a crash left mid-step, for every defined process
+  // version: a sync step re-runs (handlers run at least once), an async step's
+  // start handler re-runs with the same serial, a completion that was committed
+  // before its next steps ran continues. Each re-run sees attempt() one higher.
+  // Instances this engine is driving right now are left alone. Returns how many
+  // instances were re-driven (inline mode: run to their next wait or end; with
+  // workers: queued). Assumes no other engine drives the same instances.
+  [[nodiscard]] Result<std::size_t> recover();
+
+  // What the engine holds in memory. Thread-safe; never fails.
+  EngineStats stats() const;
 
   // Blocks until no continuation is queued or running. Returns at once in
   // inline mode. For tests and orderly shutdown.
