@@ -11,10 +11,13 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <iostream>
 #include <mutex>
 #include <string>
 #include <thread>
+
+#include <unistd.h>
 
 #include <asyncflow/asyncflow.hpp>
 
@@ -82,11 +85,32 @@ void printState(Engine& engine, InstanceId id) {
       "' (", statusName(info->currentStepStatus), ")");
 }
 
+// The store: SQLite in a scratch file by default, or memory with --memory.
+// A SQLite store lives in `path`, which the caller removes at the end.
+std::shared_ptr<Store> openStore(int argc, char** argv, std::string& path) {
+  if (argc > 1 && std::string(argv[1]) == "--memory") {
+    say("[host] store: in memory");
+    return std::make_shared<MemoryStore>();
+  }
+  path = (std::filesystem::temp_directory_path() /
+          ("asyncflow_wait_and_resume_" + std::to_string(::getpid()) + ".db"))
+             .string();
+  auto store = SqliteStore::open(path);
+  if (!store) {
+    std::cerr << "cannot open " << path << ": " << store.error().toString() << "\n";
+    return nullptr;
+  }
+  say("[host] store: SQLite at ", path);
+  return std::move(*store);
+}
+
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   Erp erp;
-  auto store = std::make_shared<MemoryStore>();
+  std::string storePath;
+  auto store = openStore(argc, argv, storePath);
+  if (!store) return EXIT_FAILURE;
   Engine engine(store);
 
   Process order("OrderApproval", 1);
@@ -149,5 +173,8 @@ int main() {
                   info->fields.getOr<std::string>("Status", "") == "Approved";
   say(ok ? "[host] done: the process continued with the external system's fields"
          : "[host] unexpected final state");
+  if (!storePath.empty()) {
+    for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(storePath + suffix);
+  }
   return ok ? EXIT_SUCCESS : EXIT_FAILURE;
 }

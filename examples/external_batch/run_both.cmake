@@ -1,0 +1,25 @@
+# Runs external_batch as two separate OS processes, as the README shows:
+#   cmake -DEXE=<external_batch> -DDIR=<scratch dir> -P run_both.cmake
+# Fails unless run 2 completes the instance with the fields it passed.
+file(REMOVE_RECURSE "${DIR}")
+foreach(mode IN ITEMS submit batch)
+  execute_process(COMMAND "${EXE}" ${mode} "${DIR}"
+    RESULT_VARIABLE result OUTPUT_VARIABLE output ERROR_VARIABLE errors)
+  message("${output}${errors}")
+  if(NOT result EQUAL 0)
+    message(FATAL_ERROR "external_batch ${mode} exited with ${result}")
+  endif()
+  set(${mode}_output "${output}")
+endforeach()
+foreach(expected IN ITEMS "is Waiting at step 'QueueForBatch'")
+  if(NOT submit_output MATCHES "${expected}")
+    message(FATAL_ERROR "run 1 did not print: ${expected}")
+  endif()
+endforeach()
+foreach(expected IN ITEMS "1 pending job" "Report: order A-17 exported 1284 rows"
+                          "is Completed at step 'Report'.*ExportedRows=1284"
+                          "BatchRun=nightly-1" "0 step\\(s\\) still wait")
+  if(NOT batch_output MATCHES "${expected}")
+    message(FATAL_ERROR "run 2 did not print: ${expected}")
+  endif()
+endforeach()

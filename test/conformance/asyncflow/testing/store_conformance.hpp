@@ -1,0 +1,1360 @@
+// asyncflow: the store conformance suite, store.hpp's contract as Catch2 checks.
+//
+// A Store implementation conforms when this passes in one of its own tests:
+//
+//   #include <asyncflow/testing/store_conformance.hpp>
+//
+//   TEST_CASE("MyStore conforms to the asyncflow Store contract") {
+//     asyncflow::testing::checkStoreConformance([] { return std::make_shared<MyStore>(); });
+//   }
+//
+// Each case is a Catch2 SECTION that asks the factory for a fresh, empty store,
+// so a failure names the case and the cases do not see each other's data. The
+// suite is header-only and needs only asyncflow's public headers and Catch2 (v2
+// or v3); it defines no Catch::StringMaker, so it mixes with a project's own
+// printers. No case sleeps; two cases use 4 threads.
+//
+// Where store.hpp says "at most limit", the suite asks for full pages while more
+// rows match: the engine takes a short page for the last one.
+#pragma once
+
+#if __has_include(<catch2/catch_all.hpp>)
+#include <catch2/catch_all.hpp>
+#elif __has_include(<catch2/catch.hpp>)
+#include <catch2/catch.hpp>
+#else
+#error "asyncflow/testing/store_conformance.hpp needs Catch2 v2 or v3"
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <asyncflow/error.hpp>
+#include <asyncflow/fields.hpp>
+#include <asyncflow/store.hpp>
+#include <asyncflow/value.hpp>
+
+namespace asyncflow::testing {
+
+// Makes a new, empty store each time it is called. The suite calls it once per
+// case and releases the store at the end of the case.
+using StoreFactory = std::function<std::shared_ptr<Store>()>;
+
+// Runs every conformance case against stores made by `makeStore`, each case as a
+// SECTION of the calling TEST_CASE.
+inline void checkStoreConformance(const StoreFactory& makeStore);
+
+namespace detail {
+
+// --- exact descriptions: compared as strings, so a failure shows both sides ------------
+
+// Strings longer than this are described by their head, length and a hash.
+constexpr std::size_t kDescribedBytes = 120;
+
+inline std::string describeBytes(std::string_view bytes) {
+  std::string out = "\"";
+  const std::size_t shown = bytes.size() > kDescribedBytes ? kDescribedBytes / 2 : bytes.size();
+  for (std::size_t i = 0; i < shown; ++i) {
+    const auto byte = static_cast<unsigned char>(bytes[i]);
+    if (byte == '"' || byte == '\\') {
+      out += '\\';
+      out += static_cast<char>(byte);
+    } else if (byte >= 0x20 && byte < 0x7f) {
+      out += static_cast<char>(byte);
+    } else {
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\x%02x", byte);
+      out += escaped;
+    }
+  }
+  out += '"';
+  if (shown < bytes.size()) {
+    std::uint64_t hash = 14695981039346656037ull;  // FNV-1a
+    for (char c : bytes) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    char tail[80];
+    std::snprintf(tail, sizeof tail, "... (%zu bytes, fnv1a %016llx)", bytes.size(),
+                  static_cast<unsigned long long>(hash));
+    out += tail;
+  }
+  return out;
+}
+
+// Seconds since the epoch with all nine decimals, so a lost microsecond shows.
+inline std::string describe(Timestamp t) {
+  const long long ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+  const unsigned long long magnitude =
+      ns < 0 ? 0ull - static_cast<unsigned long long>(ns) : static_cast<unsigned long long>(ns);
+  char out[48];
+  std::snprintf(out, sizeof out, "%s%llu.%09llus", ns < 0 ? "-" : "", magnitude / 1'000'000'000ull,
+                magnitude % 1'000'000'000ull);
+  return out;
+}
+
+inline std::string describe(const std::optional<Timestamp>& t) {
+  return t ? describe(*t) : std::string("none");
+}
+
+// The type and the exact value: a double shows its bits in hex (so -0.0 differs
+// from 0.0), a string its bytes.
+inline std::string describe(const Value& value) {
+  return std::visit(
+      [](const auto& v) -> std::string {
+        using V = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<V, std::monostate>) {
+          return "null";
+        } else if constexpr (std::is_same_v<V, bool>) {
+          return v ? "bool true" : "bool false";
+        } else if constexpr (std::is_same_v<V, std::int64_t>) {
+          return "int64 " + std::to_string(v);
+        } else if constexpr (std::is_same_v<V, double>) {
+          char out[80];
+          std::snprintf(out, sizeof out, "double %.17g (%a)", v, v);
+          return out;
+        } else {
+          return "string " + describeBytes(v);
+        }
+      },
+      value.variant());
+}
+
+inline std::string describe(const Fields& fields) {
+  std::string out = "{";
+  for (const auto& [name, value] : fields) {
+    if (out.size() > 1) out += ", ";
+    out += describeBytes(name) + ": " + describe(value);
+  }
+  return out + "}";
+}
+
+inline std::string describe(InstanceStatus status) { return std::string(statusName(status)); }
+inline std::string describe(StepRunStatus status) { return std::string(statusName(status)); }
+inline std::string describe(StepKind kind) { return kind == StepKind::Sync ? "Sync" : "Async"; }
+inline std::string describe(ApplyStatus status) {
+  return status == ApplyStatus::Applied ? "Applied" : "Conflict";
+}
+
+inline std::string describe(const InstanceRecord& r) {
+  return "{id " + std::to_string(r.id) + ", process " + describeBytes(r.process) +
+         ", processVersion " + std::to_string(r.processVersion) + ", status " + describe(r.status) +
+         ", version " + std::to_string(r.version) + ", currentRun " + std::to_string(r.currentRun) +
+         ", lastRun " + std::to_string(r.lastRun) + ", error " + describeBytes(r.error) +
+         ", createdAt " + describe(r.createdAt) + ", updatedAt " + describe(r.updatedAt) + "}";
+}
+
+inline std::string describe(const StepRunRecord& r) {
+  return "{" + std::to_string(r.instance) + "_" + std::to_string(r.run) + ", step " +
+         describeBytes(r.step) + ", kind " + describe(r.kind) + ", status " + describe(r.status) +
+         ", attempt " + std::to_string(r.attempt) + ", secret " + describeBytes(r.secret) +
+         ", hasCompletion " + (r.hasCompletion ? "true" : "false") + ", completion " +
+         describe(r.completion) + ", error " + describeBytes(r.error) + ", createdAt " +
+         describe(r.createdAt) + ", waitingSince " + describe(r.waitingSince) + ", finishedAt " +
+         describe(r.finishedAt) + ", deadline " + describe(r.deadline) + "}";
+}
+
+inline std::string describe(const std::vector<ApplyResult>& results) {
+  std::string out = "[";
+  for (const ApplyResult& result : results) {
+    if (out.size() > 1) out += ", ";
+    out += describe(result.status) + " " + std::to_string(result.instance);
+  }
+  return out + "]";
+}
+
+// "3_1" for run 1 of instance 3.
+inline std::string keyOf(InstanceId instance, std::int64_t run) {
+  return std::to_string(instance) + "_" + std::to_string(run);
+}
+
+// The keys of the rows, in order: "[1_2, 1_3, 4_1]".
+inline std::string describeKeys(const std::vector<WaitingRow>& rows) {
+  std::string out = "[";
+  for (const WaitingRow& row : rows) {
+    if (out.size() > 1) out += ", ";
+    out += keyOf(row.run.instance, row.run.run);
+  }
+  return out + "]";
+}
+
+inline std::string describeKeys(const std::vector<std::string>& keys) {
+  std::string out = "[";
+  for (const std::string& key : keys) {
+    if (out.size() > 1) out += ", ";
+    out += key;
+  }
+  return out + "]";
+}
+
+inline std::string describe(const std::vector<InstanceId>& ids) {
+  std::string out = "[";
+  for (InstanceId id : ids) {
+    if (out.size() > 1) out += ", ";
+    out += std::to_string(id);
+  }
+  return out + "]";
+}
+
+// Checks that `actual` is exactly `expected`: their descriptions first (readable,
+// and stricter than == for -0.0), then operator== for any member the
+// description might not show.
+template <class T>
+void checkSame(const T& actual, const T& expected) {
+  const std::string seen = describe(actual);
+  const std::string wanted = describe(expected);
+  CHECK(seen == wanted);
+  if (seen == wanted) CHECK(actual == expected);
+}
+
+// The field's description, or "absent".
+inline std::string describeField(const Fields& fields, std::string_view name) {
+  const Value* found = fields.find(name);
+  return found ? describe(*found) : std::string("absent");
+}
+
+// Field by field, so a failure names the field.
+inline void checkSameFields(const Fields& actual, const Fields& expected) {
+  for (const auto& [name, value] : expected) {
+    INFO("field " << describeBytes(name));
+    CHECK(describeField(actual, name) == describe(value));
+    if (describeField(actual, name) == describe(value)) CHECK((*actual.find(name) == value));
+  }
+  for (const auto& [name, value] : actual) {
+    INFO("field " << describeBytes(name) << " = " << describe(value));
+    CHECK(expected.contains(name));
+  }
+}
+
+inline void checkSame(const InstanceSnapshot& actual, const InstanceSnapshot& expected) {
+  checkSame(actual.record, expected.record);
+  checkSameFields(actual.fields, expected.fields);
+}
+
+// "ok" for a value, else the error code's name: `CHECK(codeOf(r) == "NotFound")`.
+template <class T>
+std::string codeOf(const Result<T>& result) {
+  return result ? std::string("ok") : std::string(errcName(result.error().code));
+}
+
+// --- calls that must succeed -----------------------------------------------------------
+
+template <class T>
+T valueOf(Result<T> result, const char* call) {
+  if (!result) FAIL(call << " failed: " << result.error().toString());
+  return std::move(*result);
+}
+
+inline std::vector<ApplyResult> applyBatch(Store& store, std::vector<ChangeSet> batch) {
+  const std::size_t size = batch.size();
+  auto results = valueOf(store.apply(std::move(batch)), "apply");
+  INFO("apply answered " << describe(results) << " for " << size << " change sets");
+  REQUIRE(results.size() == size);
+  return results;
+}
+
+inline ApplyResult applyOne(Store& store, ChangeSet set) {
+  std::vector<ChangeSet> batch;
+  batch.push_back(std::move(set));
+  return applyBatch(store, std::move(batch)).front();
+}
+
+inline InstanceId create(Store& store, ChangeSet set) {
+  const ApplyResult result = applyOne(store, std::move(set));
+  REQUIRE(describe(result.status) == "Applied");
+  REQUIRE(result.instance > 0);
+  return result.instance;
+}
+
+inline InstanceSnapshot load(Store& store, InstanceId id) {
+  return valueOf(store.loadInstance(id), "loadInstance");
+}
+
+inline StepRunRecord loadRun(Store& store, InstanceId instance, std::int64_t run) {
+  return valueOf(store.loadStepRun(instance, run), "loadStepRun");
+}
+
+inline std::vector<WaitingRow> listWaiting(Store& store, const WaitingQuery& query) {
+  return valueOf(store.listWaiting(query), "listWaiting");
+}
+
+inline std::vector<InstanceId> listRunning(Store& store, const RunningQuery& query) {
+  return valueOf(store.listRunning(query), "listRunning");
+}
+
+// --- records to write ------------------------------------------------------------------
+
+// A timestamp with microseconds, the precision stores keep.
+inline Timestamp at(std::int64_t micros) {
+  return Timestamp(std::chrono::seconds(1'700'000'000)) + std::chrono::microseconds(micros);
+}
+
+inline StepRunRecord stepRun(std::int64_t run, std::string step, StepRunStatus status) {
+  StepRunRecord r;
+  r.run = run;
+  r.step = std::move(step);
+  r.kind = StepKind::Async;
+  r.status = status;
+  r.attempt = 1;
+  r.secret = "c2VjcmV0LXNlcmlhbA";
+  r.createdAt = at(run * 1'000'003);
+  if (status == StepRunStatus::Waiting) r.waitingSince = at(run * 1'000'003 + 17);
+  if (isTerminal(status)) r.finishedAt = at(run * 1'000'003 + 29);
+  return r;
+}
+
+// A change set creating a Running instance of `process` with one Starting run.
+inline ChangeSet creation(std::string process = "Order", int processVersion = 1,
+                          Fields fields = {{"OrderId", "A-1"}}) {
+  ChangeSet set;
+  set.instance.process = std::move(process);
+  set.instance.processVersion = processVersion;
+  set.instance.status = InstanceStatus::Running;
+  set.instance.currentRun = 1;
+  set.instance.lastRun = 1;
+  set.instance.createdAt = at(1);
+  set.instance.updatedAt = at(2);
+  set.fields = std::move(fields);
+  set.stepRuns.push_back(stepRun(1, "Submit", StepRunStatus::Starting));
+  return set;
+}
+
+// A change set creating an instance with exactly `runs`.
+inline ChangeSet creationWith(std::string process, int processVersion, InstanceStatus status,
+                              std::vector<StepRunRecord> runs) {
+  ChangeSet set = creation(std::move(process), processVersion);
+  set.instance.status = status;
+  set.instance.currentRun = runs.empty() ? 0 : runs.back().run;
+  set.instance.lastRun = set.instance.currentRun;
+  set.stepRuns = std::move(runs);
+  return set;
+}
+
+// A change set updating `current` (as loaded), guarded by its version.
+inline ChangeSet updateOf(const InstanceSnapshot& current) {
+  ChangeSet set;
+  set.instance = current.record;
+  set.expectedVersion = current.record.version;
+  set.instance.updatedAt = current.record.updatedAt + std::chrono::microseconds(1'000'001);
+  return set;
+}
+
+// What the store must hold after creating `set` as `id`.
+inline InstanceRecord createdRecord(const ChangeSet& set, InstanceId id) {
+  InstanceRecord record = set.instance;
+  record.id = id;
+  record.version = 1;
+  return record;
+}
+
+// Lets `count` threads start together, so they contend from the first call.
+class StartGate {
+ public:
+  explicit StartGate(int count) : waiting_(count) {}
+  void arriveAndWait() {
+    waiting_.fetch_sub(1);
+    while (waiting_.load() > 0) std::this_thread::yield();
+  }
+
+ private:
+  std::atomic<int> waiting_;
+};
+
+constexpr int kThreads = 4;
+constexpr int kCallsPerThread = 100;
+
+// --- the cases ---------------------------------------------------------------------------
+
+inline void createAssignsIdsAndVersionOne(Store& store) {
+  ChangeSet first = creation();
+  first.expectedVersion = 41;   // ignored on create
+  first.instance.version = 99;  // so is the header's version
+  first.stepRuns.front().instance = 0;
+  StepRunRecord second = stepRun(2, "Notify", StepRunStatus::Ready);
+  second.instance = 777;  // whatever the caller wrote, the assigned id wins
+  first.stepRuns.push_back(second);
+
+  std::vector<InstanceId> ids;
+  ids.push_back(create(store, first));
+  ids.push_back(create(store, creation()));
+  std::vector<ChangeSet> batch;
+  batch.push_back(creation("Order", 1, {{"OrderId", "in a batch, first"}}));
+  batch.push_back(creation("Order", 1, {{"OrderId", "in a batch, second"}}));
+  for (const ApplyResult& result : applyBatch(store, std::move(batch))) {
+    CHECK(describe(result.status) == "Applied");
+    ids.push_back(result.instance);
+  }
+
+  INFO("ids assigned: " << describe(ids));
+  CHECK(ids.front() == 1);
+  for (std::size_t i = 1; i < ids.size(); ++i) CHECK(ids[i] > ids[i - 1]);
+  for (InstanceId id : ids) {
+    const InstanceSnapshot snapshot = load(store, id);
+    CHECK(snapshot.record.id == id);
+    CHECK(snapshot.record.version == 1);
+  }
+  checkSameFields(load(store, ids[2]).fields, Fields{{"OrderId", "in a batch, first"}});
+  checkSameFields(load(store, ids[3]).fields, Fields{{"OrderId", "in a batch, second"}});
+
+  StepRunRecord expectedFirst = first.stepRuns[0];
+  expectedFirst.instance = ids[0];
+  checkSame(loadRun(store, ids[0], 1), expectedFirst);
+  StepRunRecord expectedSecond = second;
+  expectedSecond.instance = ids[0];
+  checkSame(loadRun(store, ids[0], 2), expectedSecond);
+  CHECK(loadRun(store, ids[1], 1).instance == ids[1]);
+}
+
+inline void loadInstanceReturnsWhatWasWritten(Store& store) {
+  ChangeSet set = creation("Order-Approval", 7,
+                           {{"OrderId", "A-17"}, {"Amount", 12.5}, {"Urgent", true}, {"Items", 3}});
+  set.instance.status = InstanceStatus::Waiting;
+  set.instance.currentRun = 3;
+  set.instance.lastRun = 5;
+  set.instance.error = "it's \"late\"\nsecond line, caf\xc3\xa9";
+  set.instance.createdAt = at(123'456);
+  set.instance.updatedAt = at(987'654'321);
+  const InstanceId id = create(store, set);
+  checkSame(load(store, id), InstanceSnapshot{createdRecord(set, id), set.fields});
+
+  SECTION("an instance without fields has none") {
+    ChangeSet bare = creation("Order", 1, {});
+    const InstanceId bareId = create(store, bare);
+    checkSame(load(store, bareId), InstanceSnapshot{createdRecord(bare, bareId), Fields{}});
+  }
+
+  SECTION("every instance status") {
+    for (InstanceStatus status :
+         {InstanceStatus::Running, InstanceStatus::Waiting, InstanceStatus::Completed,
+          InstanceStatus::Failed, InstanceStatus::Cancelled}) {
+      ChangeSet other = creation();
+      other.instance.status = status;
+      const InstanceId otherId = create(store, other);
+      checkSame(load(store, otherId).record, createdRecord(other, otherId));
+    }
+  }
+}
+
+inline void loadStepRunReturnsWhatWasWritten(Store& store) {
+  StepRunRecord full;
+  full.run = 1;
+  full.step = "SubmitToErp";
+  full.kind = StepKind::Async;
+  full.status = StepRunStatus::Waiting;
+  full.attempt = 3;
+  full.secret = "YR5uXTMXPlKL6UWT2Bu-Zn_";
+  full.hasCompletion = true;
+  full.completion = Fields{{"Status", "Approved"}, {"Ticket", 1001}, {"Score", 0.25}};
+  full.error = "ERP said: \"busy\"; retried\n\ttwice";
+  full.createdAt = at(1);
+  full.waitingSince = at(2'000'002);
+  full.finishedAt = at(3'000'003);
+  full.deadline = at(86'400'000'007);
+
+  StepRunRecord bare;  // deadline unset, no completion, epoch times, no secret
+  bare.run = 2;
+  bare.step = "Validate";
+  bare.kind = StepKind::Sync;
+  bare.status = StepRunStatus::Ready;
+
+  StepRunRecord applied = stepRun(3, "Notify", StepRunStatus::Completed);
+  applied.hasCompletion = true;  // a completion whose fields are applied: none left
+  applied.deadline = at(5);
+
+  ChangeSet set = creationWith("Order", 1, InstanceStatus::Waiting, {full, bare, applied});
+  const InstanceId id = create(store, set);
+  for (StepRunRecord expected : {full, bare, applied}) {
+    expected.instance = id;
+    INFO("run " << expected.run);
+    checkSame(loadRun(store, id, expected.run), expected);
+  }
+
+  SECTION("every step run status and kind") {
+    std::vector<StepRunRecord> runs;
+    for (StepRunStatus status :
+         {StepRunStatus::Ready, StepRunStatus::Starting, StepRunStatus::Waiting,
+          StepRunStatus::Completed, StepRunStatus::Failed, StepRunStatus::TimedOut,
+          StepRunStatus::Cancelled}) {
+      for (StepKind kind : {StepKind::Sync, StepKind::Async}) {
+        StepRunRecord run = stepRun(static_cast<std::int64_t>(runs.size()) + 1, "S", status);
+        run.kind = kind;
+        runs.push_back(run);
+      }
+    }
+    const InstanceId many = create(store, creationWith("Order", 1, InstanceStatus::Running, runs));
+    for (StepRunRecord expected : runs) {
+      expected.instance = many;
+      checkSame(loadRun(store, many, expected.run), expected);
+    }
+  }
+}
+
+inline void unknownIdsAreNotFound(Store& store) {
+  CHECK(codeOf(store.loadInstance(1)) == "NotFound");
+  CHECK(codeOf(store.loadInstance(0)) == "NotFound");
+  CHECK(codeOf(store.loadStepRun(1, 1)) == "NotFound");
+  const InstanceId id = create(store, creation());
+  CHECK(codeOf(store.loadInstance(id + 1)) == "NotFound");
+  CHECK(codeOf(store.loadInstance(-1)) == "NotFound");
+  CHECK(codeOf(store.loadInstance(0)) == "NotFound");
+  CHECK(codeOf(store.loadStepRun(id, 2)) == "NotFound");
+  CHECK(codeOf(store.loadStepRun(id, 0)) == "NotFound");
+  CHECK(codeOf(store.loadStepRun(id, -1)) == "NotFound");
+  CHECK(codeOf(store.loadStepRun(id + 1, 1)) == "NotFound");
+  CHECK(codeOf(store.loadStepRun(0, 1)) == "NotFound");
+}
+
+inline void updateAppliesAndBumpsTheVersion(Store& store) {
+  const InstanceId id = create(store, creation("Order", 1,
+                                               {{"OrderId", "A-1"},
+                                                {"Status", "Pending"},
+                                                {"Ticket", "none"},
+                                                {"Amount", 10},
+                                                {"Kept", 1.5}}));
+  const InstanceSnapshot before = load(store, id);
+
+  ChangeSet set = updateOf(before);
+  set.instance.version = 1000;  // ignored: the store writes expectedVersion + 1
+  set.instance.status = InstanceStatus::Waiting;
+  set.instance.currentRun = 2;
+  set.instance.lastRun = 2;
+  set.instance.error = "e";
+  // Replaced, replaced with another type, replaced with null, added.
+  set.fields = Fields{{"Status", "Approved"}, {"Ticket", 42}, {"Amount", nullptr}, {"New", false}};
+  const ApplyResult result = applyOne(store, set);
+  CHECK(describe(result.status) == "Applied");
+  CHECK(result.instance == id);
+
+  InstanceRecord expected = set.instance;
+  expected.version = 2;
+  const InstanceSnapshot after = load(store, id);
+  checkSame(after.record, expected);
+  checkSameFields(after.fields, Fields{{"OrderId", "A-1"},
+                                       {"Status", "Approved"},
+                                       {"Ticket", 42},
+                                       {"Amount", nullptr},
+                                       {"Kept", 1.5},
+                                       {"New", false}});
+
+  SECTION("the next update expects the new version") {
+    ChangeSet again = updateOf(after);
+    again.instance.version = 0;
+    CHECK(describe(applyOne(store, again).status) == "Applied");
+    CHECK(load(store, id).record.version == 3);
+    checkSameFields(load(store, id).fields, after.fields);  // no fields in the set: all kept
+  }
+}
+
+inline void updateInsertsAndReplacesRuns(Store& store) {
+  ChangeSet first = creation();
+  StepRunRecord original = stepRun(1, "Submit", StepRunStatus::Waiting);
+  original.hasCompletion = true;
+  original.completion = Fields{{"Status", "Early"}, {"Extra", 1}};
+  original.error = "was waiting";
+  original.deadline = at(50'000'000);
+  first.stepRuns = {original, stepRun(2, "Untouched", StepRunStatus::Completed)};
+  const InstanceId id = create(store, first);
+  const InstanceId other = create(store, creation());
+  const StepRunRecord otherRun = loadRun(store, other, 1);
+
+  ChangeSet set = updateOf(load(store, id));
+  // Every member of run 1 changes, as when the engine applies an early
+  // completion (its fields move to the instance): nothing of the old row stays.
+  StepRunRecord replaced;
+  replaced.instance = id;
+  replaced.run = 1;
+  replaced.step = "Resubmit";
+  replaced.kind = StepKind::Sync;
+  replaced.status = StepRunStatus::Completed;
+  replaced.attempt = 2;
+  replaced.secret = "";
+  replaced.hasCompletion = true;
+  replaced.completion = Fields{};
+  replaced.error = "";
+  replaced.createdAt = at(7);
+  replaced.waitingSince = Timestamp{};
+  replaced.finishedAt = at(60'000'001);
+  replaced.deadline = std::nullopt;
+  StepRunRecord inserted = stepRun(3, "Notify", StepRunStatus::Waiting);
+  inserted.instance = id;
+  inserted.deadline = at(70'000'000);
+  set.instance.currentRun = 3;
+  set.instance.lastRun = 3;
+  set.stepRuns = {inserted, replaced};
+  REQUIRE(describe(applyOne(store, set).status) == "Applied");
+
+  checkSame(loadRun(store, id, 1), replaced);
+  StepRunRecord untouched = first.stepRuns[1];
+  untouched.instance = id;
+  checkSame(loadRun(store, id, 2), untouched);
+  checkSame(loadRun(store, id, 3), inserted);
+  // Another instance's run with the same run number is another row.
+  checkSame(loadRun(store, other, 1), otherRun);
+  CHECK(codeOf(store.loadStepRun(other, 3)) == "NotFound");
+
+  SECTION("a replaced run may gain a completion and a deadline again") {
+    ChangeSet again = updateOf(load(store, id));
+    StepRunRecord reopened = original;
+    reopened.instance = id;
+    reopened.attempt = 4;
+    again.stepRuns = {reopened};
+    REQUIRE(describe(applyOne(store, again).status) == "Applied");
+    checkSame(loadRun(store, id, 1), reopened);
+  }
+
+  SECTION("a replaced run may drop its completion: hasCompletion back to false") {
+    ChangeSet again = updateOf(load(store, id));
+    StepRunRecord withCompletion = original;
+    withCompletion.instance = id;
+    again.stepRuns = {withCompletion};
+    REQUIRE(describe(applyOne(store, again).status) == "Applied");
+    ChangeSet dropped = updateOf(load(store, id));
+    StepRunRecord without = withCompletion;
+    without.hasCompletion = false;
+    without.completion = Fields{};
+    dropped.stepRuns = {without};
+    REQUIRE(describe(applyOne(store, dropped).status) == "Applied");
+    checkSame(loadRun(store, id, 1), without);
+  }
+}
+
+inline void staleUpdateIsAConflict(Store& store) {
+  const InstanceId id = create(store, creation("Order", 1, {{"OrderId", "A-1"}}));
+  const InstanceSnapshot original = load(store, id);
+  REQUIRE(describe(applyOne(store, updateOf(original)).status) == "Applied");
+  const InstanceSnapshot current = load(store, id);
+  REQUIRE(current.record.version == 2);
+  const StepRunRecord run1 = loadRun(store, id, 1);
+
+  ChangeSet stale = updateOf(original);  // expects version 1
+  SECTION("expecting an older version") {}
+  SECTION("expecting a newer version") { stale.expectedVersion = 3; }
+  stale.instance.version = 2;  // the header's version is no way around the check
+  stale.instance.status = InstanceStatus::Failed;
+  stale.instance.error = "stale";
+  stale.fields = Fields{{"OrderId", "overwritten"}, {"New", 1}};
+  StepRunRecord replaced = stepRun(1, "Submit", StepRunStatus::Failed);
+  replaced.instance = id;
+  StepRunRecord inserted = stepRun(2, "Inserted", StepRunStatus::Waiting);
+  inserted.instance = id;
+  stale.stepRuns = {replaced, inserted};
+
+  const ApplyResult result = applyOne(store, stale);
+  CHECK(describe(result.status) == "Conflict");
+  CHECK(result.instance == id);
+
+  checkSame(load(store, id), current);
+  checkSame(loadRun(store, id, 1), run1);
+  CHECK(codeOf(store.loadStepRun(id, 2)) == "NotFound");
+  CHECK(listWaiting(store, WaitingQuery{}).empty());
+  RunningQuery running;
+  running.process = "Order";
+  running.processVersion = 1;
+  CHECK(describe(listRunning(store, running)) == describe(std::vector<InstanceId>{id}));
+}
+
+inline void updateOfAMissingInstanceIsAConflict(Store& store) {
+  const InstanceId existing = create(store, creation());
+  const InstanceId missing = existing + 4;
+  ChangeSet set = creationWith("Order", 1, InstanceStatus::Running,
+                               {stepRun(1, "Submit", StepRunStatus::Waiting)});
+  set.instance.id = missing;
+  set.stepRuns.front().instance = missing;
+  set.expectedVersion = 1;
+
+  SECTION("alone") {
+    const ApplyResult result = applyOne(store, set);
+    CHECK(describe(result.status) == "Conflict");
+    CHECK(result.instance == missing);
+  }
+  SECTION("expecting version 0") {
+    set.expectedVersion = 0;
+    const ApplyResult result = applyOne(store, set);
+    CHECK(describe(result.status) == "Conflict");
+    CHECK(result.instance == missing);
+  }
+
+  CHECK(codeOf(store.loadInstance(missing)) == "NotFound");
+  CHECK(codeOf(store.loadStepRun(missing, 1)) == "NotFound");
+  CHECK(listWaiting(store, WaitingQuery{}).empty());
+  RunningQuery running;
+  running.process = "Order";
+  running.processVersion = 1;
+  CHECK(describe(listRunning(store, running)) == describe(std::vector<InstanceId>{existing}));
+  // The next create still gets an id of its own, and nothing of the failed set.
+  const InstanceId next = create(store, creation("Order", 1, {{"OrderId", "next"}}));
+  CHECK(next > existing);
+  checkSameFields(load(store, next).fields, Fields{{"OrderId", "next"}});
+}
+
+inline void batchReportsEachSetInOrder(Store& store) {
+  const InstanceId a = create(store, creation("Order", 1, {{"OrderId", "a"}}));
+  const InstanceId b = create(store, creation("Order", 1, {{"OrderId", "b"}}));
+  const InstanceSnapshot a1 = load(store, a);
+  const InstanceSnapshot b1 = load(store, b);
+
+  ChangeSet good = updateOf(a1);
+  good.fields = Fields{{"OrderId", "a-good"}};
+  // Stale because `good`, earlier in the same batch, moves a to version 2.
+  ChangeSet stale = updateOf(a1);
+  stale.fields = Fields{{"OrderId", "a-stale"}, {"Stale", true}};
+  stale.instance.status = InstanceStatus::Failed;
+  stale.stepRuns = {stepRun(2, "Stale", StepRunStatus::Waiting)};
+  stale.stepRuns.front().instance = a;
+  ChangeSet goodForB = updateOf(b1);
+  goodForB.fields = Fields{{"OrderId", "b-good"}};
+
+  std::vector<ChangeSet> batch;
+  batch.push_back(good);
+  batch.push_back(stale);
+  batch.push_back(goodForB);
+  const auto results = applyBatch(store, std::move(batch));
+  CHECK(describe(results) ==
+        describe(std::vector<ApplyResult>{
+            {ApplyStatus::Applied, a}, {ApplyStatus::Conflict, a}, {ApplyStatus::Applied, b}}));
+
+  const InstanceSnapshot a2 = load(store, a);
+  CHECK(a2.record.version == 2);
+  CHECK(describe(a2.record.status) == "Running");
+  checkSameFields(a2.fields, Fields{{"OrderId", "a-good"}});
+  CHECK(codeOf(store.loadStepRun(a, 2)) == "NotFound");
+  const InstanceSnapshot b2 = load(store, b);
+  CHECK(b2.record.version == 2);
+  checkSameFields(b2.fields, Fields{{"OrderId", "b-good"}});
+}
+
+inline void batchCreatesThenUpdates(Store& store) {
+  const InstanceId existing = create(store, creation("Order", 1, {{"OrderId", "existing"}}));
+  ChangeSet update = updateOf(load(store, existing));
+  update.fields = Fields{{"OrderId", "updated"}};
+
+  ChangeSet created = creation("Order", 1, {{"OrderId", "created"}});
+  std::vector<ChangeSet> batch;
+  batch.push_back(created);
+  batch.push_back(update);
+  const auto results = applyBatch(store, std::move(batch));
+  CHECK(describe(results[0].status) == "Applied");
+  CHECK(results[0].instance > existing);
+  CHECK(describe(results[1].status) == "Applied");
+  CHECK(results[1].instance == existing);
+
+  checkSame(load(store, results[0].instance),
+            InstanceSnapshot{createdRecord(created, results[0].instance), created.fields});
+  CHECK(loadRun(store, results[0].instance, 1).instance == results[0].instance);
+  const InstanceSnapshot after = load(store, existing);
+  CHECK(after.record.version == 2);
+  checkSameFields(after.fields, Fields{{"OrderId", "updated"}});
+}
+
+inline void emptyBatchAppliesNothing(Store& store) {
+  CHECK(applyBatch(store, {}).empty());
+  CHECK(codeOf(store.loadInstance(1)) == "NotFound");
+  const InstanceId id = create(store, creation());
+  CHECK(id == 1);
+  CHECK(applyBatch(store, {}).empty());
+  CHECK(load(store, id).record.version == 1);
+}
+
+inline void readsAreCopies(Store& store) {
+  ChangeSet set = creation("Order", 1, {{"OrderId", "A-1"}});
+  set.stepRuns.front().status = StepRunStatus::Waiting;
+  std::vector<ChangeSet> batch{set};
+  const InstanceId id = applyBatch(store, batch).front().instance;
+  const InstanceSnapshot stored = load(store, id);
+  const StepRunRecord storedRun = loadRun(store, id, 1);
+
+  // What the caller keeps of the batch is its own.
+  batch.front().fields.set("OrderId", "changed after apply");
+  batch.front().instance.status = InstanceStatus::Failed;
+  batch.front().stepRuns.front().step = "changed after apply";
+
+  InstanceSnapshot snapshot = load(store, id);
+  snapshot.record.status = InstanceStatus::Cancelled;
+  snapshot.record.version = 50;
+  snapshot.fields.set("OrderId", "mutated");
+  snapshot.fields.set("Extra", true);
+  StepRunRecord run = loadRun(store, id, 1);
+  run.status = StepRunStatus::Failed;
+  run.step = "mutated";
+  run.completion.set("Extra", true);
+  std::vector<WaitingRow> rows = listWaiting(store, WaitingQuery{});
+  REQUIRE(rows.size() == 1);
+  rows.front().run.step = "mutated";
+  rows.front().process = "mutated";
+
+  checkSame(load(store, id), stored);
+  checkSame(loadRun(store, id, 1), storedRun);
+  rows = listWaiting(store, WaitingQuery{});
+  REQUIRE(rows.size() == 1);
+  checkSame(rows.front().run, storedRun);
+  CHECK(rows.front().process == "Order");
+}
+
+// Every kind of value, with the edges a store's encoding is likely to get wrong.
+// NaN is absent: the engine refuses it.
+inline Fields edgeValues() {
+  std::string allBytes;
+  for (int byte = 0; byte < 256; ++byte) allBytes += static_cast<char>(byte);
+  std::string longText;
+  for (int i = 0; i < 70'000; ++i) longText += static_cast<char>('a' + i % 26);
+  using Int = std::numeric_limits<std::int64_t>;
+  using Real = std::numeric_limits<double>;
+  return Fields{
+      {"Null", nullptr},
+      {"True", true},
+      {"False", false},
+      {"IntZero", std::int64_t{0}},
+      {"IntMinusOne", std::int64_t{-1}},
+      {"IntMin", Int::min()},
+      {"IntMax", Int::max()},
+      {"DoubleZero", 0.0},
+      {"DoubleNegativeZero", -0.0},
+      {"DoubleIntegral", 2.0},
+      {"DoubleTenth", 0.1},
+      {"DoubleTiny", 1e-300},
+      {"DoubleHuge", 1e300},
+      {"DoubleSubnormal", Real::denorm_min()},
+      {"DoubleMax", Real::max()},
+      {"DoubleLowest", Real::lowest()},
+      {"DoubleInfinity", Real::infinity()},
+      {"DoubleMinusInfinity", -Real::infinity()},
+      {"StringEmpty", ""},
+      {"StringNul", std::string("a\0b\0", 4)},
+      {"StringOnlyNul", std::string(1, '\0')},
+      {"StringInvalidUtf8", "\xff\xfe\xc3\x28\x80"},
+      {"StringAllBytes", allBytes},
+      {"StringUtf8",
+       "Gr\xc3\xbc\xc3\x9f"
+       "e \xe4\xb8\x96\xe7\x95\x8c \xf0\x9f\x9a\x80"},
+      {"StringNumeric", "42"},
+      {"StringDecimal", "1.50"},
+      {"StringNullWord", "null"},
+      {"StringQuotes", "it's \"quoted\"'; DROP TABLE fields; --"},
+      {"StringControl", "line1\nline2\r\n\ttab"},
+      {"StringLong", longText},
+      {"name with spaces and caf\xc3\xa9", "odd names round-trip too"},
+  };
+}
+
+inline void fieldValuesRoundTrip(Store& store) {
+  const Fields edges = edgeValues();
+  ChangeSet set = creation("Order", 1, edges);
+  StepRunRecord waiting = stepRun(1, "Submit", StepRunStatus::Waiting);
+  waiting.hasCompletion = true;
+  waiting.completion = edges;
+  set.stepRuns = {waiting};
+  set.instance.status = InstanceStatus::Waiting;
+  const InstanceId id = create(store, set);
+  waiting.instance = id;
+
+  SECTION("in an instance's fields") { checkSameFields(load(store, id).fields, edges); }
+
+  SECTION("in a run's completion, loaded and listed") {
+    checkSame(loadRun(store, id, 1), waiting);
+    const auto rows = listWaiting(store, WaitingQuery{});
+    REQUIRE(rows.size() == 1);
+    checkSame(rows.front().run, waiting);
+  }
+
+  SECTION("replacing each field with another kind of value") {
+    // Field i takes the value of field i + 1: every value lands on a name that
+    // held another one, mostly of another type.
+    std::vector<std::string> names;
+    std::vector<Value> values;
+    for (const auto& [name, value] : edges) {
+      names.push_back(name);
+      values.push_back(value);
+    }
+    Fields rotated;
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      rotated.set(names[i], values[(i + 1) % values.size()]);
+    }
+    ChangeSet update = updateOf(load(store, id));
+    update.fields = rotated;
+    StepRunRecord replaced = waiting;
+    replaced.completion = rotated;
+    update.stepRuns = {replaced};
+    REQUIRE(describe(applyOne(store, update).status) == "Applied");
+    checkSameFields(load(store, id).fields, rotated);
+    checkSame(loadRun(store, id, 1), replaced);
+  }
+}
+
+// Keys of the waiting runs created by addWaitingFixture, in (instance, run) order.
+struct WaitingFixture {
+  std::vector<std::string> all;      // every waiting run
+  std::vector<std::string> order;    // process "Order", any step
+  std::vector<std::string> approve;  // step "Approve", any process
+  std::vector<std::string> orderApprove;
+  std::vector<WaitingRow> rows;  // every waiting run as listWaiting must return it
+};
+
+// Instances of several processes whose waiting runs are interleaved with runs in
+// every other status and written out of key order.
+inline WaitingFixture addWaitingFixture(Store& store) {
+  struct Planned {
+    std::string process;
+    int version;
+    std::vector<std::pair<std::string, StepRunStatus>> runs;  // run i + 1
+  };
+  using S = StepRunStatus;
+  const std::vector<Planned> plan = {
+      {"Order", 1, {{"Approve", S::Waiting}}},
+      {"Invoice", 2, {{"Approve", S::Completed}, {"Approve", S::Waiting}, {"Pay", S::Waiting}}},
+      {"Order", 3, {{"Submit", S::Ready}, {"Submit", S::Starting}, {"Submit", S::Failed}}},
+      {"Order",
+       1,
+       {{"Submit", S::Completed},
+        {"Approve", S::Waiting},
+        {"Approve", S::TimedOut},
+        {"Ship", S::Waiting},
+        {"Approve", S::Waiting},
+        {"Ship", S::Cancelled},
+        {"Ship", S::Waiting}}},
+      {"Orders", 1, {{"Approve", S::Waiting}, {"Ship", S::Waiting}}},
+      {"Order", 2, {{"Approve", S::Waiting}, {"Approve", S::Waiting}, {"Ship", S::Waiting}}},
+      {"order", 1, {{"Approve", S::Waiting}}},
+      {"Order", 1, {{"Ship", S::Waiting}, {"Ship", S::Waiting}, {"Approve", S::Waiting}}},
+      {"Invoice", 1, {{"Pay", S::Waiting}, {"Pay", S::Waiting}, {"Approve", S::Waiting}}},
+      {"Order", 1, {{"Ship", S::Completed}}},
+      {"Order", 1, {{"Approve", S::Waiting}, {"Ship", S::Waiting}, {"Ship", S::Starting}}},
+      {"Order",
+       1,
+       {{"Approve", S::Waiting},
+        {"Ship", S::Waiting},
+        {"Ship", S::Waiting},
+        {"Approve", S::Waiting}}},
+  };
+
+  // Create every instance with its first run only, then add the other runs in
+  // reverse, instances last to first, so that insertion order is not key order.
+  WaitingFixture fixture;
+  std::vector<InstanceId> ids;
+  std::vector<std::vector<StepRunRecord>> written(plan.size());
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    StepRunRecord first = stepRun(1, plan[i].runs[0].first, plan[i].runs[0].second);
+    ids.push_back(create(
+        store, creationWith(plan[i].process, plan[i].version, InstanceStatus::Waiting, {first})));
+    first.instance = ids.back();
+    written[i].resize(plan[i].runs.size());
+    written[i][0] = first;
+  }
+  for (std::size_t i = plan.size(); i-- > 0;) {
+    if (plan[i].runs.size() < 2) continue;
+    ChangeSet set = updateOf(load(store, ids[i]));
+    for (std::size_t r = plan[i].runs.size(); r-- > 1;) {
+      StepRunRecord run =
+          stepRun(static_cast<std::int64_t>(r) + 1, plan[i].runs[r].first, plan[i].runs[r].second);
+      run.instance = ids[i];
+      if (r % 2 == 0) run.deadline = at(static_cast<std::int64_t>(r) * 3'600'000'000 + 11);
+      set.stepRuns.push_back(run);
+      written[i][r] = run;
+    }
+    REQUIRE(describe(applyOne(store, set).status) == "Applied");
+  }
+
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    for (std::size_t r = 0; r < plan[i].runs.size(); ++r) {
+      if (plan[i].runs[r].second != StepRunStatus::Waiting) continue;
+      const std::string key = keyOf(ids[i], static_cast<std::int64_t>(r) + 1);
+      const bool order = plan[i].process == "Order";
+      const bool approve = plan[i].runs[r].first == "Approve";
+      fixture.all.push_back(key);
+      if (order) fixture.order.push_back(key);
+      if (approve) fixture.approve.push_back(key);
+      if (order && approve) fixture.orderApprove.push_back(key);
+      fixture.rows.push_back(WaitingRow{written[i][r], plan[i].process, plan[i].version});
+    }
+  }
+  REQUIRE(fixture.all.size() == 25);
+  return fixture;
+}
+
+inline WaitingQuery waitingQuery(std::string process, std::string step, std::size_t limit = 100) {
+  WaitingQuery query;
+  query.process = std::move(process);
+  query.step = std::move(step);
+  query.limit = limit;
+  return query;
+}
+
+inline void listWaitingReturnsWaitingRunsInOrder(Store& store) {
+  CHECK(listWaiting(store, WaitingQuery{}).empty());
+  const WaitingFixture fixture = addWaitingFixture(store);
+
+  const auto rows = listWaiting(store, WaitingQuery{});
+  CHECK(describeKeys(rows) == describeKeys(fixture.all));
+  if (rows.size() == fixture.rows.size()) {
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      INFO("row " << i);
+      checkSame(rows[i].run, fixture.rows[i].run);
+      CHECK(rows[i].process == fixture.rows[i].process);
+      CHECK(rows[i].processVersion == fixture.rows[i].processVersion);
+    }
+  }
+
+  SECTION("a run that stops waiting leaves the list") {
+    const WaitingRow& first = fixture.rows.front();
+    ChangeSet set = updateOf(load(store, first.run.instance));
+    StepRunRecord done = first.run;
+    done.status = StepRunStatus::Completed;
+    done.finishedAt = at(99);
+    set.stepRuns = {done};
+    REQUIRE(describe(applyOne(store, set).status) == "Applied");
+    std::vector<std::string> rest(fixture.all.begin() + 1, fixture.all.end());
+    CHECK(describeKeys(listWaiting(store, WaitingQuery{})) == describeKeys(rest));
+  }
+}
+
+inline void listWaitingFilters(Store& store) {
+  const WaitingFixture fixture = addWaitingFixture(store);
+  CHECK(describeKeys(listWaiting(store, waitingQuery("Order", ""))) == describeKeys(fixture.order));
+  CHECK(describeKeys(listWaiting(store, waitingQuery("", "Approve"))) ==
+        describeKeys(fixture.approve));
+  CHECK(describeKeys(listWaiting(store, waitingQuery("Order", "Approve"))) ==
+        describeKeys(fixture.orderApprove));
+  CHECK(listWaiting(store, waitingQuery("Unknown", "")).empty());
+  CHECK(listWaiting(store, waitingQuery("", "Unknown")).empty());
+  CHECK(listWaiting(store, waitingQuery("Invoice", "Ship")).empty());
+  CHECK(listWaiting(store, waitingQuery("Ord", "")).empty());           // no prefix match
+  CHECK(listWaiting(store, waitingQuery("Order", "approve")).empty());  // case matters
+
+  // A filtered walk in pages of 2 returns the filtered list, each run once.
+  std::vector<std::string> walked;
+  WaitingQuery query = waitingQuery("Order", "Approve", 2);
+  for (int page = 0; page < 20; ++page) {
+    const auto rows = listWaiting(store, query);
+    for (const WaitingRow& row : rows) walked.push_back(keyOf(row.run.instance, row.run.run));
+    if (rows.size() < query.limit) break;
+    query.afterInstance = rows.back().run.instance;
+    query.afterRun = rows.back().run.run;
+  }
+  CHECK(describeKeys(walked) == describeKeys(fixture.orderApprove));
+}
+
+inline void listWaitingPages(Store& store) {
+  const WaitingFixture fixture = addWaitingFixture(store);
+
+  SECTION("a walk in pages of 7 returns each run once, in full pages until the last") {
+    std::vector<std::string> walked;
+    std::vector<std::size_t> pageSizes;
+    WaitingQuery query;
+    query.limit = 7;
+    for (int page = 0; page < 20; ++page) {
+      const auto rows = listWaiting(store, query);
+      pageSizes.push_back(rows.size());
+      for (const WaitingRow& row : rows) walked.push_back(keyOf(row.run.instance, row.run.run));
+      // The engine takes a short page for the last one.
+      if (rows.size() < query.limit) break;
+      query.afterInstance = rows.back().run.instance;
+      query.afterRun = rows.back().run.run;
+    }
+    CHECK(describeKeys(walked) == describeKeys(fixture.all));
+    CHECK(describe(std::vector<InstanceId>(pageSizes.begin(), pageSizes.end())) == "[7, 7, 7, 4]");
+  }
+
+  SECTION("the cursor is exclusive and orders by (instance, run)") {
+    // After every waiting key, the list continues with exactly the later keys.
+    for (std::size_t i = 0; i < fixture.rows.size(); ++i) {
+      WaitingQuery query;
+      query.afterInstance = fixture.rows[i].run.instance;
+      query.afterRun = fixture.rows[i].run.run;
+      INFO("after " << fixture.all[i]);
+      const std::vector<std::string> later(fixture.all.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                                           fixture.all.end());
+      CHECK(describeKeys(listWaiting(store, query)) == describeKeys(later));
+    }
+    // Run 0 of an instance is before all its runs; a large run after all of them.
+    const InstanceId second = fixture.rows[1].run.instance;
+    WaitingQuery query;
+    query.afterInstance = second;
+    query.afterRun = 0;
+    CHECK(describeKeys(listWaiting(store, query)) ==
+          describeKeys(std::vector<std::string>(fixture.all.begin() + 1, fixture.all.end())));
+    query.afterRun = std::numeric_limits<std::int64_t>::max();
+    CHECK(describeKeys(listWaiting(store, query)) ==
+          describeKeys(std::vector<std::string>(fixture.all.begin() + 3, fixture.all.end())));
+  }
+
+  SECTION("the limit caps the page") {
+    for (std::size_t limit :
+         {std::size_t{0}, std::size_t{1}, std::size_t{24}, std::size_t{25}, std::size_t{26}}) {
+      WaitingQuery query;
+      query.limit = limit;
+      INFO("limit " << limit);
+      const std::vector<std::string> head(
+          fixture.all.begin(),
+          fixture.all.begin() + static_cast<std::ptrdiff_t>(std::min(limit, fixture.all.size())));
+      CHECK(describeKeys(listWaiting(store, query)) == describeKeys(head));
+    }
+  }
+}
+
+inline RunningQuery runningQuery(std::string process, int version, InstanceId after = 0,
+                                 std::size_t limit = 1000) {
+  RunningQuery query;
+  query.process = std::move(process);
+  query.processVersion = version;
+  query.afterInstance = after;
+  query.limit = limit;
+  return query;
+}
+
+inline void listRunningReturnsRunningInstancesOfOneVersion(Store& store) {
+  CHECK(listRunning(store, runningQuery("Order", 1)).empty());
+  struct Planned {
+    std::string process;
+    int version;
+    InstanceStatus status;
+  };
+  using I = InstanceStatus;
+  const std::vector<Planned> plan = {
+      {"Order", 1, I::Running},   {"Order", 1, I::Waiting},  {"Order", 2, I::Running},
+      {"Order", 1, I::Running},   {"Orders", 1, I::Running}, {"order", 1, I::Running},
+      {"Order", 1, I::Completed}, {"Order", 1, I::Failed},   {"Order", 1, I::Cancelled},
+      {"Invoice", 1, I::Running}, {"Order", 1, I::Running},  {"Order", 11, I::Running},
+      {"Order", 1, I::Running},   {"Order", 1, I::Running},  {"Order", 1, I::Running},
+  };
+  std::vector<InstanceId> ids;
+  std::vector<InstanceId> expected;
+  for (const Planned& planned : plan) {
+    ChangeSet set = creation(planned.process, planned.version);
+    set.instance.status = planned.status;
+    ids.push_back(create(store, set));
+    if (planned.process == "Order" && planned.version == 1 && planned.status == I::Running) {
+      expected.push_back(ids.back());
+    }
+  }
+  REQUIRE(expected.size() == 6);
+
+  CHECK(describe(listRunning(store, runningQuery("Order", 1))) == describe(expected));
+  CHECK(describe(listRunning(store, runningQuery("Order", 2))) ==
+        describe(std::vector<InstanceId>{ids[2]}));
+  CHECK(listRunning(store, runningQuery("Order", 3)).empty());
+  CHECK(listRunning(store, runningQuery("Ord", 1)).empty());
+  CHECK(listRunning(store, runningQuery("Unknown", 1)).empty());
+
+  SECTION("after a cursor, exclusive") {
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+      INFO("after " << expected[i]);
+      CHECK(describe(listRunning(store, runningQuery("Order", 1, expected[i]))) ==
+            describe(std::vector<InstanceId>(expected.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                                             expected.end())));
+    }
+    // A cursor that is not a Running instance's id works as well.
+    CHECK(describe(listRunning(store, runningQuery("Order", 1, ids[1]))) ==
+          describe(std::vector<InstanceId>(expected.begin() + 1, expected.end())));
+  }
+
+  SECTION("the limit caps the page; a walk returns each id once") {
+    CHECK(listRunning(store, runningQuery("Order", 1, 0, 0)).empty());
+    CHECK(describe(listRunning(store, runningQuery("Order", 1, 0, 1))) ==
+          describe(std::vector<InstanceId>{expected[0]}));
+    std::vector<InstanceId> walked;
+    std::vector<InstanceId> pageSizes;
+    RunningQuery query = runningQuery("Order", 1, 0, 4);
+    for (int page = 0; page < 20; ++page) {
+      const auto pageIds = listRunning(store, query);
+      pageSizes.push_back(static_cast<InstanceId>(pageIds.size()));
+      walked.insert(walked.end(), pageIds.begin(), pageIds.end());
+      if (pageIds.size() < query.limit) break;
+      query.afterInstance = pageIds.back();
+    }
+    CHECK(describe(walked) == describe(expected));
+    CHECK(describe(pageSizes) == "[4, 2]");
+  }
+
+  SECTION("status changes move instances in and out") {
+    ChangeSet waits = updateOf(load(store, expected[0]));
+    waits.instance.status = InstanceStatus::Waiting;
+    ChangeSet resumes = updateOf(load(store, ids[1]));
+    resumes.instance.status = InstanceStatus::Running;
+    std::vector<ChangeSet> batch{waits, resumes};
+    CHECK(describe(applyBatch(store, std::move(batch))) ==
+          describe(std::vector<ApplyResult>{{ApplyStatus::Applied, expected[0]},
+                                            {ApplyStatus::Applied, ids[1]}}));
+    std::vector<InstanceId> now(expected.begin() + 1, expected.end());
+    now.insert(now.begin(), ids[1]);
+    CHECK(describe(listRunning(store, runningQuery("Order", 1))) == describe(now));
+  }
+}
+
+inline void concurrentCreatesGetDistinctIds(Store& store) {
+  std::vector<std::vector<InstanceId>> ids(kThreads);
+  std::vector<std::string> errors(kThreads);
+  StartGate gate(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      gate.arriveAndWait();
+      for (int i = 0; i < kCallsPerThread; ++i) {
+        std::vector<ChangeSet> batch;
+        batch.push_back(creation("Order", 1, {{"Thread", t}, {"Index", i}}));
+        auto results = store.apply(std::move(batch));
+        if (!results) {
+          errors[t] = results.error().toString();
+          return;
+        }
+        if (results->size() != 1 || results->front().status != ApplyStatus::Applied) {
+          errors[t] = "apply answered " + describe(*results);
+          return;
+        }
+        ids[t].push_back(results->front().instance);
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+
+  for (int t = 0; t < kThreads; ++t) {
+    INFO("thread " << t);
+    CHECK(errors[t] == "");
+  }
+  std::set<InstanceId> distinct;
+  for (const auto& perThread : ids) distinct.insert(perThread.begin(), perThread.end());
+  CHECK(distinct.size() == static_cast<std::size_t>(kThreads * kCallsPerThread));
+  CHECK(*distinct.begin() > 0);
+  // Each id holds the fields of the create that got it.
+  int mismatched = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    for (std::size_t i = 0; i < ids[t].size(); ++i) {
+      auto snapshot = store.loadInstance(ids[t][i]);
+      if (!snapshot || snapshot->record.version != 1 ||
+          snapshot->fields != Fields{{"Thread", t}, {"Index", static_cast<std::int64_t>(i)}}) {
+        ++mismatched;
+      }
+    }
+  }
+  CHECK(mismatched == 0);
+}
+
+inline void concurrentGuardedIncrementsLoseNone(Store& store) {
+  const InstanceId id = create(store, creation("Order", 1, {{"Counter", 0}}));
+  // Generous: a thread meets at most one conflict per increment of another thread.
+  constexpr int kMaxAttempts = 100 * kThreads * kCallsPerThread;
+  std::vector<std::string> errors(kThreads);
+  std::atomic<int> conflicts{0};
+  StartGate gate(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      gate.arriveAndWait();
+      for (int i = 0; i < kCallsPerThread; ++i) {
+        for (int attempt = 0;; ++attempt) {
+          if (attempt == kMaxAttempts) {
+            errors[t] = "an increment still conflicts after " + std::to_string(attempt) + " tries";
+            return;
+          }
+          auto current = store.loadInstance(id);
+          if (!current) {
+            errors[t] = current.error().toString();
+            return;
+          }
+          ChangeSet set = updateOf(*current);
+          set.fields = Fields{{"Counter", current->fields.getOr<std::int64_t>("Counter", -1) + 1}};
+          std::vector<ChangeSet> batch;
+          batch.push_back(std::move(set));
+          auto results = store.apply(std::move(batch));
+          if (!results) {
+            errors[t] = results.error().toString();
+            return;
+          }
+          if (results->size() != 1) {
+            errors[t] = "apply answered " + describe(*results);
+            return;
+          }
+          if (results->front().status == ApplyStatus::Applied) break;
+          ++conflicts;
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+
+  for (int t = 0; t < kThreads; ++t) {
+    INFO("thread " << t);
+    CHECK(errors[t] == "");
+  }
+  const InstanceSnapshot after = load(store, id);
+  INFO(conflicts.load() << " conflicts were retried");
+  CHECK(after.fields.getOr<std::int64_t>("Counter", -1) == kThreads * kCallsPerThread);
+  CHECK(after.record.version == 1 + kThreads * kCallsPerThread);
+}
+
+}  // namespace detail
+
+inline void checkStoreConformance(const StoreFactory& makeStore) {
+  const auto run = [&makeStore](void (*check)(Store&)) {
+    const std::shared_ptr<Store> store = makeStore();
+    REQUIRE(store != nullptr);
+    check(*store);
+  };
+  SECTION("create assigns increasing ids from 1, version 1, and the runs' instance") {
+    run(detail::createAssignsIdsAndVersionOne);
+  }
+  SECTION("loadInstance returns the header and fields exactly as written") {
+    run(detail::loadInstanceReturnsWhatWasWritten);
+  }
+  SECTION("loadStepRun returns the run exactly as written") {
+    run(detail::loadStepRunReturnsWhatWasWritten);
+  }
+  SECTION("unknown ids are NotFound") { run(detail::unknownIdsAreNotFound); }
+  SECTION("an update with the expected version applies, writes expectedVersion + 1, upserts") {
+    run(detail::updateAppliesAndBumpsTheVersion);
+  }
+  SECTION("an update inserts runs and replaces them whole by (instance, run)") {
+    run(detail::updateInsertsAndReplacesRuns);
+  }
+  SECTION("an update with a stale version is a Conflict and writes nothing of its set") {
+    run(detail::staleUpdateIsAConflict);
+  }
+  SECTION("an update of an instance that does not exist is a Conflict and creates nothing") {
+    run(detail::updateOfAMissingInstanceIsAConflict);
+  }
+  SECTION("a batch reports each set in order: applied, conflict, applied") {
+    run(detail::batchReportsEachSetInOrder);
+  }
+  SECTION("a batch may create one instance and update another") {
+    run(detail::batchCreatesThenUpdates);
+  }
+  SECTION("an empty batch applies nothing and answers no results") {
+    run(detail::emptyBatchAppliesNothing);
+  }
+  SECTION("reads return copies and the store keeps copies") { run(detail::readsAreCopies); }
+  SECTION("field values of every type round-trip exactly, edge values included") {
+    run(detail::fieldValuesRoundTrip);
+  }
+  SECTION("listWaiting returns only Waiting runs, in (instance, run) order") {
+    run(detail::listWaitingReturnsWaitingRunsInOrder);
+  }
+  SECTION("listWaiting filters by process, by step, and by both") {
+    run(detail::listWaitingFilters);
+  }
+  SECTION("listWaiting pages with an exclusive (instance, run) cursor and a limit") {
+    run(detail::listWaitingPages);
+  }
+  SECTION("listRunning returns Running instances of exactly one process version, paged") {
+    run(detail::listRunningReturnsRunningInstancesOfOneVersion);
+  }
+  SECTION("concurrent creates from 4 threads get 400 distinct ids") {
+    run(detail::concurrentCreatesGetDistinctIds);
+  }
+  SECTION("concurrent version-guarded increments from 4 threads lose none") {
+    run(detail::concurrentGuardedIncrementsLoseNone);
+  }
+}
+
+}  // namespace asyncflow::testing
