@@ -189,11 +189,12 @@ class Store {
   // status in the same order. A StoreError means no set of the batch was written.
   [[nodiscard]] virtual Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) = 0;
 
-  // Waiting step runs matching the query, at most query.limit of them.
+  // Waiting step runs matching the query: query.limit of them while that many
+  // more match (a shorter page is the last).
   [[nodiscard]] virtual Result<std::vector<WaitingRow>> listWaiting(const WaitingQuery& query) = 0;
 
   // Ids of instances with status Running of the query's process version: what a
-  // crash may have left mid-step. At most query.limit ids.
+  // crash may have left mid-step. query.limit ids while that many more match.
   [[nodiscard]] virtual Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) = 0;
 };
 
