@@ -704,72 +704,53 @@ class Engine::Impl {
   std::vector<std::thread> workers_;
 };
 
+namespace {
+
+// Runs an Impl method so that no exception crosses the public API: anything
+// thrown (a bug, a throwing third-party store, allocation failure) is Internal.
+template <class F>
+auto guarded(const char* operation, F&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (...) {
+    return fail(Errc::Internal,
+                fmt::format("{}: {}", operation, describeException(std::current_exception())));
+  }
+}
+
+}  // namespace
+
 Engine::Engine(std::shared_ptr<Store> store, EngineOptions options)
     : impl_(std::make_unique<Impl>(std::move(store), std::move(options))) {}
 
 Engine::~Engine() = default;
 
 Result<void> Engine::define(const Process& process) {
-  try {
-    return impl_->define(process);
-  } catch (...) {
-    return fail(Errc::Internal,
-                fmt::format("define: {}", describeException(std::current_exception())));
-  }
+  return guarded("define", [&] { return impl_->define(process); });
 }
 
 Result<InstanceId> Engine::start(std::string_view process, Fields fields) {
-  try {
-    return impl_->start(process, fields);
-  } catch (...) {
-    return fail(Errc::Internal,
-                fmt::format("start: {}", describeException(std::current_exception())));
-  }
+  return guarded("start", [&] { return impl_->start(process, fields); });
 }
 
 Result<void> Engine::completeServerEvent(std::string_view serial, Fields fields) {
-  try {
-    return impl_->completeServerEvent(serial, fields);
-  } catch (...) {
-    return fail(Errc::Internal, fmt::format("completeServerEvent: {}",
-                                            describeException(std::current_exception())));
-  }
+  return guarded("completeServerEvent", [&] { return impl_->completeServerEvent(serial, fields); });
 }
 
 Result<void> Engine::cancel(InstanceId id, std::string reason) {
-  try {
-    return impl_->cancel(id, reason);
-  } catch (...) {
-    return fail(Errc::Internal,
-                fmt::format("cancel: {}", describeException(std::current_exception())));
-  }
+  return guarded("cancel", [&] { return impl_->cancel(id, reason); });
 }
 
 Result<InstanceInfo> Engine::instance(InstanceId id) const {
-  try {
-    return impl_->instance(id);
-  } catch (...) {
-    return fail(Errc::Internal,
-                fmt::format("instance: {}", describeException(std::current_exception())));
-  }
+  return guarded("instance", [&] { return impl_->instance(id); });
 }
 
 Result<WaitingPage> Engine::waiting(const WaitingFilter& filter) const {
-  try {
-    return impl_->waiting(filter);
-  } catch (...) {
-    return fail(Errc::Internal,
-                fmt::format("waiting: {}", describeException(std::current_exception())));
-  }
+  return guarded("waiting", [&] { return impl_->waiting(filter); });
 }
 
 Result<std::size_t> Engine::recover() {
-  try {
-    return impl_->recover();
-  } catch (...) {
-    return fail(Errc::Internal,
-                fmt::format("recover: {}", describeException(std::current_exception())));
-  }
+  return guarded("recover", [&] { return impl_->recover(); });
 }
 
 EngineStats Engine::stats() const { return impl_->stats(); }
