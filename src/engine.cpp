@@ -5,6 +5,7 @@
 #include <exception>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <thread>
 #include <unordered_map>
@@ -14,6 +15,7 @@
 
 #include "process_model.hpp"
 #include "serial.hpp"
+#include "transitions.hpp"
 
 namespace asyncflow {
 namespace {
@@ -23,15 +25,6 @@ namespace {
 // commit, a completion and a cancel, so a handful of retries always suffices in
 // practice; the bound only stops a pathological livelock.
 constexpr int kMaxWriteRetries = 64;
-
-// What a handler produced, kept apart from the snapshot it ran on so that it can
-// be re-applied to a newer snapshot after a concurrent completion or cancel.
-struct HandlerResult {
-  enum class Kind { Next, GoTo, Finish, Wait, Complete, Fail };
-  Kind kind = Kind::Fail;
-  std::string text;  // goTo target or failure reason
-  Fields writes;     // validated field writes
-};
 
 Fields changedFields(const Fields& before, const Fields& after) {
   Fields changed;
@@ -64,13 +57,24 @@ class Engine::Impl {
   };
 
  public:
+  // What an external system says about a step run.
+  struct ServerEvent {
+    enum class Kind { Complete, Fail, Heartbeat };
+    Kind kind = Kind::Complete;
+    const Fields* fields = nullptr;
+    std::string reason;
+  };
+  using EventKind = ServerEvent::Kind;
+
   Impl(std::shared_ptr<Store> store, EngineOptions options)
-      : store_(std::move(store)), options_(std::move(options)) {
-    if (!options_.clock) options_.clock = systemClock();
-    if (!options_.random) options_.random = osRandom();
+      : store_(std::move(store)), options_(std::move(options)),
+        clock_(options_.clock ? options_.clock : systemClock()),
+        random_(options_.random ? options_.random : osRandom()),
+        transitions_(options_.serials, *random_) {
     for (std::size_t i = 0; i < options_.workers; ++i) {
       workers_.emplace_back([this] { workerLoop(); });
     }
+    if (options_.timerThread) timer_ = std::thread([this] { timerLoop(); });
   }
 
   ~Impl() {
@@ -81,6 +85,12 @@ class Engine::Impl {
     }
     queueChanged_.notify_all();
     for (auto& worker : workers_) worker.join();
+    {
+      std::lock_guard lock(timerMutex_);
+      timerStopping_ = true;
+    }
+    timerWake_.notify_all();
+    if (timer_.joinable()) timer_.join();
   }
 
   Result<void> define(const Process& process) {
@@ -95,6 +105,7 @@ class Engine::Impl {
       }
       versions.emplace(process.version(), *compiled);
     }
+    wakeTimer(true);  // its due timers can fire now
     if (!options_.recoverOnDefine) return {};
     auto recovered = recoverProcess(**compiled);
     if (!recovered) {
@@ -177,85 +188,54 @@ class Engine::Impl {
     ChangeSet set;
     set.instance.process = process->name;
     set.instance.processVersion = process->version;
-    set.instance.status = InstanceStatus::Running;
     set.instance.createdAt = now;
     set.instance.updatedAt = now;
     set.fields = process->defaults;
     set.fields.merge(*given);
-    auto first = newRun(*process, set.instance, 0, now);
+    HistoryEvent started;
+    started.at = now;
+    started.kind = HistoryKind::Started;
+    started.detail = fmt::format("{} version {}", process->name, process->version);
+    set.history.push_back(std::move(started));
+    auto first = transitions_.schedule(set, *process, 0, 1, now);
     if (!first) return tl::unexpected(first.error());
-    set.stepRuns.push_back(std::move(*first));
 
-    auto applied = applyOne(std::move(set));
+    auto applied = commit(std::move(set));
     if (!applied) return tl::unexpected(applied.error());
     continueInstance(applied->instance, Drive::Continue);
     return applied->instance;
   }
 
-  Result<void> completeServerEvent(std::string_view serial, const Fields& fields) {
+  Result<void> serverEvent(std::string_view serial, const ServerEvent& event) {
     auto parts = detail::parseSerial(serial);
     if (!parts) return tl::unexpected(parts.error());
     if (parts->secret.empty() && options_.serials == SerialForm::WithSecret) {
       return fail(Errc::InvalidSerial, "the serial has no secret, and this engine requires one");
     }
-    const std::string shown = detail::formatSerial(parts->instance, parts->run, {});
+    return onRun(StepRunKey{parts->instance, parts->run}, &parts->secret, nullptr, event);
+  }
 
-    for (int attempt = 0; attempt < kMaxWriteRetries; ++attempt) {
-      // Instance first, then run: every change to a run bumps its instance's
-      // version, so a run read after the instance is never older than the
-      // version the change set below is guarded by.
-      auto snapshot = store_->loadInstance(parts->instance);
-      if (!snapshot) {
-        if (snapshot.error().code != Errc::NotFound) return tl::unexpected(snapshot.error());
-        return fail(Errc::NotFound, fmt::format("no step run {}", shown));
-      }
-      auto run = store_->loadStepRun(parts->instance, parts->run);
-      if (!run) return tl::unexpected(run.error());
-      if (!detail::constantTimeEquals(run->secret, parts->secret)) {
-        return fail(Errc::InvalidSerial, fmt::format("wrong secret for step run {}", shown));
-      }
-      if (run->kind != StepKind::Async) {
-        return fail(Errc::NotFound,
-                    fmt::format("step run {} ('{}') is not an async step", shown, run->step));
-      }
-      if (auto closed = refuseCompletion(*snapshot, *run, shown); !closed) {
-        return tl::unexpected(closed.error());
-      }
-      auto process = find(snapshot->record.process, snapshot->record.processVersion);
-      if (!process) {
-        return fail(Errc::NotFound,
-                    fmt::format("process '{}' version {} is not defined in this engine",
-                                snapshot->record.process, snapshot->record.processVersion));
-      }
-      auto checked = process->checkFields(fields);
-      if (!checked) return tl::unexpected(checked.error());
-
-      const Timestamp now = currentTime();
-      const bool waiting = run->status == StepRunStatus::Waiting;
-      run->hasCompletion = true;
-      run->completion = std::move(*checked);
-      ChangeSet set;
-      if (waiting) {
-        const HandlerResult completed{HandlerResult::Kind::Complete, {}, {}};
-        auto built = closeRun(*process, *snapshot, std::move(*run), completed, now);
-        if (!built) return tl::unexpected(built.error());
-        set = std::move(*built);
-      } else {
-        // Ready or Starting: the handler has not returned yet. Record the
-        // completion; the step completes as soon as the handler returns wait().
-        set.instance = snapshot->record;
-        set.instance.updatedAt = now;
-        set.expectedVersion = snapshot->record.version;
-        set.stepRuns.push_back(std::move(*run));
-      }
-      const bool moveOn = waiting && set.instance.status == InstanceStatus::Running;
-      auto applied = applyOne(std::move(set));
-      if (!applied) return tl::unexpected(applied.error());
-      if (applied->status == ApplyStatus::Conflict) continue;
-      if (moveOn) continueInstance(parts->instance, Drive::Continue);
-      return {};
+  Result<void> completeByKey(std::string_view process, std::string_view step, std::string_view key,
+                             const Fields& fields) {
+    KeyQuery query;
+    query.process = std::string(process);
+    query.step = std::string(step);
+    query.key = std::string(key);
+    if (key.empty()) return fail(Errc::InvalidArgument, "the business key is empty");
+    auto found = store_->findByKey(query);
+    if (!found) return tl::unexpected(found.error());
+    if (found->empty()) {
+      return fail(Errc::NotFound, fmt::format("no step '{}' of process '{}' waits with key '{}'",
+                                              step, process, key));
     }
-    return fail(Errc::Conflict, fmt::format("step run {} kept changing; retry", shown));
+    if (found->size() > 1) {
+      return fail(Errc::AmbiguousKey,
+                  fmt::format("several steps '{}' of process '{}' wait with key '{}'; complete "
+                              "them by serial",
+                              step, process, key));
+    }
+    return onRun(found->front(), nullptr, &query.key,
+                 ServerEvent{ServerEvent::Kind::Complete, &fields, {}});
   }
 
   Result<void> cancel(InstanceId id, const std::string& reason) {
@@ -275,12 +255,9 @@ class Engine::Impl {
         case InstanceStatus::Waiting: break;
       }
       const Timestamp now = currentTime();
-      ChangeSet set;
-      set.expectedVersion = record.version;
-      set.instance = record;
+      ChangeSet set = detail::Transitions::touch(*snapshot, now);
       set.instance.status = InstanceStatus::Cancelled;
       set.instance.error = reason;
-      set.instance.updatedAt = now;
       if (record.currentRun != 0) {
         auto run = store_->loadStepRun(id, record.currentRun);
         if (!run) return tl::unexpected(run.error());
@@ -291,11 +268,65 @@ class Engine::Impl {
           set.stepRuns.push_back(std::move(*run));
         }
       }
-      auto applied = applyOne(std::move(set));
+      HistoryEvent cancelled;
+      cancelled.at = now;
+      cancelled.kind = HistoryKind::Cancelled;
+      cancelled.detail = reason;
+      set.history.push_back(std::move(cancelled));
+      auto applied = commit(std::move(set));
       if (!applied) return tl::unexpected(applied.error());
       if (applied->status == ApplyStatus::Applied) return {};
     }
     return fail(Errc::Conflict, fmt::format("instance {} kept changing; retry", id));
+  }
+
+  Result<void> retry(InstanceId id) {
+    for (int attempt = 0; attempt < kMaxWriteRetries; ++attempt) {
+      auto snapshot = store_->loadInstance(id);
+      if (!snapshot) return tl::unexpected(snapshot.error());
+      const InstanceRecord& record = snapshot->record;
+      if (record.status == InstanceStatus::Cancelled) {
+        return fail(Errc::Cancelled, fmt::format("instance {} was cancelled", id));
+      }
+      if (record.status != InstanceStatus::Failed || record.currentRun == 0) {
+        return fail(Errc::InvalidArgument,
+                    fmt::format("instance {} is {}, not Failed: there is nothing to retry", id,
+                                statusName(record.status)));
+      }
+      auto process = find(record.process, record.processVersion);
+      if (!process) return notDefined(record);
+      auto run = store_->loadStepRun(id, record.currentRun);
+      if (!run) return tl::unexpected(run.error());
+      auto index = process->stepIndex.find(run->step);
+      if (index == process->stepIndex.end()) return notDefined(record);
+
+      const Timestamp now = currentTime();
+      ChangeSet set = detail::Transitions::touch(*snapshot, now);
+      set.instance.error.clear();
+      const int nextAttempt = run->attempt + 1;
+      HistoryEvent retried;
+      retried.at = now;
+      retried.kind = HistoryKind::Retried;
+      retried.run = run->run;
+      retried.step = run->step;
+      retried.detail = fmt::format("attempt {}", nextAttempt);
+      set.history.push_back(std::move(retried));
+      auto scheduled = transitions_.schedule(set, *process, index->second, nextAttempt, now,
+                                             fmt::format("retry of run {}", run->run));
+      if (!scheduled) return tl::unexpected(scheduled.error());
+      auto applied = commit(std::move(set));
+      if (!applied) return tl::unexpected(applied.error());
+      if (applied->status == ApplyStatus::Conflict) continue;
+      continueInstance(id, Drive::Continue);
+      return {};
+    }
+    return fail(Errc::Conflict, fmt::format("instance {} kept changing; retry", id));
+  }
+
+  Result<std::vector<HistoryEvent>> history(InstanceId id) const {
+    auto snapshot = store_->loadInstance(id);
+    if (!snapshot) return tl::unexpected(snapshot.error());
+    return store_->loadHistory(id);
   }
 
   Result<InstanceInfo> instance(InstanceId id) const {
@@ -323,6 +354,29 @@ class Engine::Impl {
     return info;
   }
 
+  Result<std::size_t> runDueTimers() {
+    constexpr std::size_t kPage = 256;
+    const Timestamp now = currentTime();
+    std::size_t fired = 0;
+    for (;;) {
+      auto due = store_->listDue(now, kPage);
+      if (!due) return tl::unexpected(due.error());
+      std::size_t firedHere = 0;
+      for (const StepRunKey& key : *due) {
+        auto done = fireTimer(key, now);
+        if (!done) {
+          log(LogLevel::Warning, fmt::format("timer of step run {}_{} did not fire: {}",
+                                             key.instance, key.run, done.error().toString()));
+        } else if (*done) {
+          ++firedHere;
+        }
+      }
+      fired += firedHere;
+      // A short page was the last; a page where nothing could fire would repeat.
+      if (due->size() < kPage || firedHere == 0) return fired;
+    }
+  }
+
   void waitIdle() {
     std::unique_lock lock(queueMutex_);
     idle_.wait(lock, [this] { return queue_.empty() && busy_ == 0; });
@@ -333,7 +387,7 @@ class Engine::Impl {
 
   // The clock's time, truncated to the microseconds every store keeps.
   Timestamp currentTime() const {
-    return std::chrono::time_point_cast<std::chrono::microseconds>(options_.clock->now());
+    return std::chrono::time_point_cast<std::chrono::microseconds>(clock_->now());
   }
 
   ProcessPtr find(const std::string& name, int version) const {
@@ -351,9 +405,68 @@ class Engine::Impl {
     return it->second.rbegin()->second;
   }
 
-  // The error a completion gets when the run or instance can no longer take one.
-  static Result<void> refuseCompletion(const InstanceSnapshot& snapshot, const StepRunRecord& run,
-                                       const std::string& shown) {
+  static tl::unexpected<Error> notDefined(const InstanceRecord& record) {
+    return fail(Errc::ProcessNotDefined,
+                fmt::format("instance {} runs process '{}' version {}, which this engine has not "
+                            "defined; nothing changed",
+                            record.id, record.process, record.processVersion));
+  }
+
+  void log(LogLevel level, std::string_view message) const {
+    if (!options_.log) return;
+    try {
+      options_.log(level, message);
+    } catch (...) {
+      // A throwing sink must not take a transition down with it.
+    }
+  }
+
+  // Applies one change set. When it applied, tells the listener and the log of
+  // its history, and the timer of a new deadline.
+  Result<ApplyResult> commit(ChangeSet set) {
+    const bool tell = options_.listener || options_.log;
+    std::vector<HistoryEvent> events;
+    if (tell) events = set.history;
+    std::optional<Timestamp> deadline;
+    for (const StepRunRecord& run : set.stepRuns) {
+      if (run.status == StepRunStatus::Waiting && run.deadline) deadline = run.deadline;
+    }
+    std::vector<ChangeSet> batch;
+    batch.push_back(std::move(set));
+    auto results = store_->apply(std::move(batch));
+    if (!results) {
+      log(LogLevel::Warning, fmt::format("store: {}", results.error().toString()));
+      return tl::unexpected(results.error());
+    }
+    if (results->size() != 1) {
+      return fail(Errc::Internal,
+                  fmt::format("store answered {} results for 1 change set", results->size()));
+    }
+    const ApplyResult applied = results->front();
+    if (applied.status != ApplyStatus::Applied) return applied;
+    if (deadline) noteDeadline(*deadline);
+    for (HistoryEvent& event : events) {
+      event.instance = applied.instance;
+      if (options_.listener) {
+        try {
+          options_.listener->onEvent(event);
+        } catch (...) {
+          // A throwing listener must not undo or repeat a durable transition.
+        }
+      }
+      if (options_.log) {
+        log(LogLevel::Info,
+            fmt::format("instance {}: {}{}{}", event.instance, historyKindName(event.kind),
+                        event.step.empty() ? "" : fmt::format(" '{}'", event.step),
+                        event.detail.empty() ? "" : fmt::format(": {}", event.detail)));
+      }
+    }
+    return applied;
+  }
+
+  // The error a server event gets when the run or instance can no longer take one.
+  static Result<void> refuse(const InstanceSnapshot& snapshot, const StepRunRecord& run,
+                             const std::string& shown) {
     if (run.status == StepRunStatus::Cancelled ||
         snapshot.record.status == InstanceStatus::Cancelled) {
       return fail(Errc::Cancelled, fmt::format("instance {} was cancelled", run.instance));
@@ -367,135 +480,207 @@ class Engine::Impl {
         return fail(Errc::TimedOut, fmt::format("step run {} timed out", shown));
       case StepRunStatus::Ready:
       case StepRunStatus::Starting:
-        if (run.hasCompletion) {
-          return fail(Errc::AlreadyCompleted,
-                      fmt::format("step run {} already has a completion recorded", shown));
-        }
-        return {};
       case StepRunStatus::Waiting:
       case StepRunStatus::Cancelled: return {};
     }
     return {};
   }
 
-  // A new step run of step `index`, numbered after the instance's last run;
-  // updates the header's run counters.
-  Result<StepRunRecord> newRun(const detail::CompiledProcess& process, InstanceRecord& header,
-                               std::size_t index, Timestamp now) {
-    const auto& step = process.steps[index];
-    StepRunRecord run;
-    run.instance = header.id;
-    run.run = header.lastRun + 1;
-    run.step = step.name;
-    run.kind = step.kind;
-    // The engine starts a new run at once, so it is written as Starting: after a
-    // crash that means "the handler may have begun", and it is re-run.
-    run.status = StepRunStatus::Starting;
-    run.attempt = 1;
-    run.createdAt = now;
-    if (step.kind == StepKind::Async && options_.serials == SerialForm::WithSecret) {
-      auto secret = detail::newSecret(*options_.random);
-      if (!secret) return tl::unexpected(secret.error());
-      run.secret = std::move(*secret);
+  // A server event for one step run: the secret (if given) and the business key
+  // (if given) must match. Loads the instance first, then the run: every change
+  // to a run bumps its instance's version, so a run read after the instance is
+  // never older than the version the write is guarded by.
+  Result<void> onRun(StepRunKey key, const std::string* secret, const std::string* businessKey,
+                     const ServerEvent& event) {
+    const std::string shown = detail::formatSerial(key.instance, key.run, {});
+    for (int attempt = 0; attempt < kMaxWriteRetries; ++attempt) {
+      auto snapshot = store_->loadInstance(key.instance);
+      if (!snapshot) {
+        if (snapshot.error().code != Errc::NotFound) return tl::unexpected(snapshot.error());
+        return fail(Errc::NotFound, fmt::format("no step run {}", shown));
+      }
+      auto run = store_->loadStepRun(key.instance, key.run);
+      if (!run) return tl::unexpected(run.error());
+      if (secret != nullptr && !detail::constantTimeEquals(run->secret, *secret)) {
+        return fail(Errc::InvalidSerial, fmt::format("wrong secret for step run {}", shown));
+      }
+      if (run->kind != StepKind::Async) {
+        return fail(Errc::NotFound,
+                    fmt::format("step run {} ('{}') is not an async step", shown, run->step));
+      }
+      if (businessKey != nullptr && run->correlationKey != *businessKey) {
+        return fail(Errc::NotFound, fmt::format("step run {} no longer has that key", shown));
+      }
+      if (auto refused = refuse(*snapshot, *run, shown); !refused) return refused;
+      const bool waiting = run->status == StepRunStatus::Waiting;
+      if (!waiting && run->hasCompletion && event.kind != ServerEvent::Kind::Heartbeat) {
+        return fail(Errc::AlreadyCompleted,
+                    fmt::format("step run {} already has a completion recorded", shown));
+      }
+      auto process = find(snapshot->record.process, snapshot->record.processVersion);
+      if (!process) return notDefined(snapshot->record);
+      Fields checked;
+      if (event.fields != nullptr) {
+        auto valid = process->checkFields(*event.fields);
+        if (!valid) return tl::unexpected(valid.error());
+        checked = std::move(*valid);
+      }
+
+      const Timestamp now = currentTime();
+      auto set =
+          eventChangeSet(*process, *snapshot, std::move(*run), event, std::move(checked), now);
+      if (!set) return tl::unexpected(set.error());
+      const bool moveOn = waiting && set->instance.status == InstanceStatus::Running;
+      auto applied = commit(std::move(*set));
+      if (!applied) return tl::unexpected(applied.error());
+      if (applied->status == ApplyStatus::Conflict) continue;
+      if (moveOn) continueInstance(key.instance, Drive::Continue);
+      return {};
     }
-    header.lastRun = run.run;
-    header.currentRun = run.run;
-    return run;
+    return fail(Errc::Conflict, fmt::format("step run {} kept changing; retry", shown));
   }
 
-  // The change set that closes `run` with `result` and moves the instance on:
-  // to the next step run, to its end, or to Failed.
-  Result<ChangeSet> closeRun(const detail::CompiledProcess& process,
-                             const InstanceSnapshot& snapshot, StepRunRecord run,
-                             const HandlerResult& result, Timestamp now) {
-    ChangeSet set;
-    set.expectedVersion = snapshot.record.version;
-    set.instance = snapshot.record;
-    set.instance.updatedAt = now;
-    set.fields = result.writes;
-
-    auto failInstance = [&](std::string why) {
-      set.instance.status = InstanceStatus::Failed;
-      set.instance.error = std::move(why);
-    };
-
-    switch (result.kind) {
-      case HandlerResult::Kind::Fail:
-        run.status = StepRunStatus::Failed;
-        run.error = result.text;
-        run.finishedAt = now;
-        failInstance(fmt::format("step '{}' failed: {}", run.step, result.text));
-        set.stepRuns.push_back(std::move(run));
-        return set;
-      case HandlerResult::Kind::Wait:
-        if (!run.hasCompletion) {
-          run.status = StepRunStatus::Waiting;
-          run.waitingSince = now;
-          set.instance.status = InstanceStatus::Waiting;
-          set.stepRuns.push_back(std::move(run));
-          return set;
-        }
-        // A completion arrived while the handler ran: complete at once.
-        run.waitingSince = now;
-        break;
-      case HandlerResult::Kind::Next:
-      case HandlerResult::Kind::GoTo:
-      case HandlerResult::Kind::Finish:
-      case HandlerResult::Kind::Complete: break;
-    }
-
-    // The completion's fields land after the handler's writes, and from then on
-    // live in the instance, not on the run.
-    if (run.hasCompletion) {
-      set.fields.merge(run.completion);
-      run.completion = Fields();
-    }
-    run.status = StepRunStatus::Completed;
-    run.finishedAt = now;
-    const std::size_t from = process.stepIndex.at(run.step);
-    set.stepRuns.push_back(std::move(run));
-
-    detail::Route route;
-    if (result.kind == HandlerResult::Kind::Finish) {
-      route = detail::Route::end();
-    } else if (result.kind == HandlerResult::Kind::GoTo) {
-      auto target = process.stepIndex.find(result.text);
-      route = target == process.stepIndex.end()
-                  ? detail::Route::failure(fmt::format("step '{}' went to unknown step '{}'",
-                                                       process.steps[from].name, result.text))
-                  : detail::Route::to(target->second);
-    } else {
-      Fields after = snapshot.fields;
-      after.merge(set.fields);
-      route = process.routeAfter(from, after);
-    }
-
-    switch (route.kind) {
-      case detail::Route::Kind::End: set.instance.status = InstanceStatus::Completed; break;
-      case detail::Route::Kind::Failure: failInstance(route.error); break;
-      case detail::Route::Kind::Step: {
-        set.instance.status = InstanceStatus::Running;
-        auto next = newRun(process, set.instance, route.step, now);
-        if (!next) return tl::unexpected(next.error());
-        set.stepRuns.push_back(std::move(*next));
-        break;
+  // What a server event writes for an open run.
+  Result<ChangeSet> eventChangeSet(const detail::CompiledProcess& process,
+                                   const InstanceSnapshot& snapshot, StepRunRecord run,
+                                   const ServerEvent& event, Fields fields, Timestamp now) {
+    const std::string reason =
+        event.reason.empty() ? std::string("the external system reported a failure") : event.reason;
+    if (event.kind == ServerEvent::Kind::Heartbeat) {
+      ChangeSet set = detail::Transitions::touch(snapshot, now);
+      const auto& step = process.steps[process.stepIndex.at(run.step)];
+      const auto interval = step.heartbeat.count() > 0 ? step.heartbeat : step.timeout;
+      std::string detail;
+      if (run.status == StepRunStatus::Waiting && interval.count() > 0) {
+        run.deadline = now + interval;
+        detail = "deadline moved";
       }
+      HistoryEvent beat;
+      beat.at = now;
+      beat.kind = HistoryKind::Heartbeat;
+      beat.run = run.run;
+      beat.step = run.step;
+      beat.detail = std::move(detail);
+      set.history.push_back(std::move(beat));
+      set.stepRuns.push_back(std::move(run));
+      return set;
     }
+    if (run.status == StepRunStatus::Waiting) {
+      detail::HandlerResult result;
+      if (event.kind == ServerEvent::Kind::Complete) {
+        result.kind = detail::HandlerResult::Kind::Complete;
+        run.hasCompletion = true;
+        run.completion = std::move(fields);
+      } else {
+        result.kind = detail::HandlerResult::Kind::Fail;
+        result.text = reason;
+        result.writes = std::move(fields);
+      }
+      return transitions_.close(process, snapshot, std::move(run), std::move(result), now);
+    }
+    // Ready or Starting: the handler has not returned yet. Record the event; it
+    // is applied as soon as the handler returns.
+    ChangeSet set = detail::Transitions::touch(snapshot, now);
+    run.hasCompletion = true;
+    run.completion = std::move(fields);
+    if (event.kind == ServerEvent::Kind::Fail) run.error = reason;
+    HistoryEvent recorded;
+    recorded.at = now;
+    recorded.kind = HistoryKind::CompletionRecorded;
+    recorded.run = run.run;
+    recorded.step = run.step;
+    recorded.detail = event.kind == ServerEvent::Kind::Fail ? "failure: " + reason : "";
+    set.history.push_back(std::move(recorded));
+    set.stepRuns.push_back(std::move(run));
     return set;
   }
 
-  // Applies one change set; a store that answers with the wrong count is a bug.
-  Result<ApplyResult> applyOne(ChangeSet set) {
-    std::vector<ChangeSet> batch;
-    batch.push_back(std::move(set));
-    auto results = store_->apply(std::move(batch));
-    if (!results) return tl::unexpected(results.error());
-    if (results->size() != 1) {
-      return fail(Errc::Internal,
-                  fmt::format("store answered {} results for 1 change set", results->size()));
+  // Fires one due timer. False when it was no longer due (completed, moved).
+  Result<bool> fireTimer(StepRunKey key, Timestamp now) {
+    for (int attempt = 0; attempt < kMaxWriteRetries; ++attempt) {
+      auto snapshot = store_->loadInstance(key.instance);
+      if (!snapshot) return tl::unexpected(snapshot.error());
+      auto run = store_->loadStepRun(key.instance, key.run);
+      if (!run) return tl::unexpected(run.error());
+      if (run->status != StepRunStatus::Waiting || !run->deadline || *run->deadline > now) {
+        return false;
+      }
+      auto process = find(snapshot->record.process, snapshot->record.processVersion);
+      if (!process) return notDefined(snapshot->record);
+      auto set = transitions_.timeOut(*process, *snapshot, std::move(*run), now);
+      if (!set) return tl::unexpected(set.error());
+      const bool moveOn = set->instance.status == InstanceStatus::Running;
+      auto applied = commit(std::move(*set));
+      if (!applied) return tl::unexpected(applied.error());
+      if (applied->status == ApplyStatus::Conflict) continue;
+      if (moveOn) continueInstance(key.instance, Drive::Continue);
+      return true;
     }
-    return results->front();
+    return fail(Errc::Conflict, fmt::format("step run {}_{} kept changing", key.instance, key.run));
   }
+
+  // --- the timer thread: sleeps until the earliest deadline in the store ---
+
+  // A run now waits until `deadline`: wake the timer if that is earlier than
+  // what it sleeps towards.
+  void noteDeadline(Timestamp deadline) {
+    std::lock_guard lock(timerMutex_);
+    if (timerKnown_ && (!timerNext_ || deadline < *timerNext_)) {
+      timerNext_ = deadline;
+      ++timerGeneration_;
+      timerWake_.notify_all();
+    }
+  }
+
+  // Makes the timer reload the earliest deadline (`retry`: also retry timers it
+  // could not fire, e.g. because their process was not defined yet).
+  void wakeTimer(bool retry) {
+    std::lock_guard lock(timerMutex_);
+    timerKnown_ = false;
+    if (retry) timerStuck_ = false;
+    ++timerGeneration_;
+    timerWake_.notify_all();
+  }
+
+  void timerLoop() {
+    std::unique_lock lock(timerMutex_);
+    while (!timerStopping_) {
+      if (!timerKnown_) {
+        lock.unlock();
+        auto next = store_->nextDeadline();
+        lock.lock();
+        if (!next) {
+          log(LogLevel::Error, fmt::format("timer: {}", next.error().toString()));
+          // The store failed: try again after a while rather than spin.
+          timerWake_.wait_for(lock, std::chrono::seconds(1), [&] { return timerStopping_; });
+          continue;
+        }
+        timerNext_ = *next;
+        timerKnown_ = true;
+      }
+      const std::uint64_t generation = timerGeneration_;
+      auto changed = [&] { return timerStopping_ || timerGeneration_ != generation; };
+      if (!timerNext_ || timerStuck_) {
+        timerWake_.wait(lock, changed);  // no deadline at all: sleep until one appears
+        continue;
+      }
+      const auto left = *timerNext_ - clock_->now();
+      if (left > Timestamp::duration::zero()) {
+        timerWake_.wait_for(lock, left, changed);
+        continue;
+      }
+      lock.unlock();
+      auto fired = runDueTimers();
+      lock.lock();
+      if (!fired) log(LogLevel::Error, fmt::format("timer: {}", fired.error().toString()));
+      timerKnown_ = false;
+      // Due timers that could not fire (undefined process, store trouble) stay
+      // due: wait for a define() instead of firing them again and again.
+      timerStuck_ = !fired || *fired == 0;
+    }
+  }
+
+  // --- driving instances ---
 
   // Re-drives the Running instances of one process version, page by page.
   Result<std::size_t> recoverProcess(const detail::CompiledProcess& process) {
@@ -566,6 +751,8 @@ class Engine::Impl {
       } catch (...) {
         // A throwing store or allocation failure: the instance stays where its
         // last commit left it, and recovery re-drives it.
+        log(LogLevel::Error,
+            fmt::format("instance {}: {}", id, describeException(std::current_exception())));
       }
       std::lock_guard lock(drivingMutex_);
       auto it = driving_.find(id);
@@ -587,7 +774,10 @@ class Engine::Impl {
       return false;
     }
     auto process = find(snapshot->record.process, snapshot->record.processVersion);
-    if (!process) return false;  // not defined here (yet): the instance waits for it
+    if (!process) {
+      log(LogLevel::Warning, notDefined(snapshot->record).value().message);
+      return false;  // it waits for a define() of its version
+    }
     auto index = process->stepIndex.find(run->step);
     if (index == process->stepIndex.end()) return false;
 
@@ -596,26 +786,34 @@ class Engine::Impl {
       // durably, before running it again.
       ++run->attempt;
       run->status = StepRunStatus::Starting;
-      snapshot->record.updatedAt = currentTime();
-      ChangeSet set;
-      set.expectedVersion = snapshot->record.version;
-      set.instance = snapshot->record;
+      ChangeSet set = detail::Transitions::touch(*snapshot, currentTime());
       set.stepRuns.push_back(*run);
-      auto applied = applyOne(std::move(set));
+      HistoryEvent restarted;
+      restarted.at = set.instance.updatedAt;
+      restarted.kind = HistoryKind::StepStarted;
+      restarted.run = run->run;
+      restarted.step = run->step;
+      restarted.detail = fmt::format("attempt {}, after a crash", run->attempt);
+      set.history.push_back(std::move(restarted));
+      snapshot->record = set.instance;
+      auto applied = commit(std::move(set));
       if (!applied) return false;
       if (applied->status == ApplyStatus::Conflict) return true;  // changed meanwhile: look again
       snapshot->record.version += 1;
     }
 
-    HandlerResult result = runHandler(*process, process->steps[index->second], *snapshot, *run);
-    return commitResult(*process, std::move(*snapshot), std::move(*run), result);
+    detail::HandlerResult result =
+        runHandler(*process, process->steps[index->second], *snapshot, *run);
+    return commitResult(*process, std::move(*snapshot), std::move(*run), std::move(result));
   }
 
-  HandlerResult runHandler(const detail::CompiledProcess& process, const detail::CompiledStep& step,
-                           const InstanceSnapshot& snapshot, const StepRunRecord& run) {
+  detail::HandlerResult runHandler(const detail::CompiledProcess& process,
+                                   const detail::CompiledStep& step,
+                                   const InstanceSnapshot& snapshot, const StepRunRecord& run) {
+    using Kind = detail::HandlerResult::Kind;
     const InstanceRecord& record = snapshot.record;
     Fields work = snapshot.fields;
-    HandlerResult result;
+    detail::HandlerResult result;
     try {
       if (step.kind == StepKind::Sync) {
         StepContext context(record.id, record.process, record.processVersion, step.name,
@@ -623,10 +821,10 @@ class Engine::Impl {
         const StepOutcome outcome = step.sync(context);
         result.text = outcome.text();
         switch (outcome.kind()) {
-          case StepOutcome::Kind::Next: result.kind = HandlerResult::Kind::Next; break;
-          case StepOutcome::Kind::GoTo: result.kind = HandlerResult::Kind::GoTo; break;
-          case StepOutcome::Kind::Finish: result.kind = HandlerResult::Kind::Finish; break;
-          case StepOutcome::Kind::Fail: result.kind = HandlerResult::Kind::Fail; break;
+          case StepOutcome::Kind::Next: result.kind = Kind::Next; break;
+          case StepOutcome::Kind::GoTo: result.kind = Kind::GoTo; break;
+          case StepOutcome::Kind::Finish: result.kind = Kind::Finish; break;
+          case StepOutcome::Kind::Fail: result.kind = Kind::Fail; break;
         }
       } else {
         AsyncStepContext context(record.id, record.process, record.processVersion, step.name,
@@ -635,20 +833,20 @@ class Engine::Impl {
         const StartOutcome outcome = step.async(context);
         result.text = outcome.reason();
         switch (outcome.kind()) {
-          case StartOutcome::Kind::Wait: result.kind = HandlerResult::Kind::Wait; break;
-          case StartOutcome::Kind::Complete: result.kind = HandlerResult::Kind::Complete; break;
-          case StartOutcome::Kind::Fail: result.kind = HandlerResult::Kind::Fail; break;
+          case StartOutcome::Kind::Wait: result.kind = Kind::Wait; break;
+          case StartOutcome::Kind::Complete: result.kind = Kind::Complete; break;
+          case StartOutcome::Kind::Fail: result.kind = Kind::Fail; break;
         }
       }
     } catch (...) {
       // A throwing handler fails its step, never the host; its writes are dropped.
-      result.kind = HandlerResult::Kind::Fail;
+      result.kind = Kind::Fail;
       result.text = describeException(std::current_exception());
       return result;
     }
     auto writes = process.checkFields(changedFields(snapshot.fields, work));
     if (!writes) {
-      result.kind = HandlerResult::Kind::Fail;
+      result.kind = Kind::Fail;
       result.text = writes.error().message;
       return result;
     }
@@ -656,17 +854,20 @@ class Engine::Impl {
     return result;
   }
 
-  // Commits a handler's result. If a completion or cancel changed the instance
+  // Commits a handler's result. If a server event or cancel changed the instance
   // while the handler ran, re-applies the result to the newer state (or drops it
   // when the run was closed meanwhile). Returns true when there may be more to run.
   bool commitResult(const detail::CompiledProcess& process, InstanceSnapshot snapshot,
-                    StepRunRecord run, const HandlerResult& result) {
+                    StepRunRecord run, const detail::HandlerResult& result) {
     const int attempt = run.attempt;
     for (int retry = 0; retry < kMaxWriteRetries; ++retry) {
-      auto set = closeRun(process, snapshot, run, result, currentTime());
-      if (!set) return false;  // no secret for the next run: stays Starting for recovery
+      auto set = transitions_.close(process, snapshot, run, result, currentTime());
+      if (!set) {
+        log(LogLevel::Error, fmt::format("instance {}: {}", run.instance, set.error().toString()));
+        return false;  // no secret for the next run: stays Starting for recovery
+      }
       const bool running = set->instance.status == InstanceStatus::Running;
-      auto applied = applyOne(std::move(*set));
+      auto applied = commit(std::move(*set));
       if (!applied) return false;  // store error: stays Starting for recovery
       if (applied->status == ApplyStatus::Applied) return running;
 
@@ -686,6 +887,9 @@ class Engine::Impl {
 
   std::shared_ptr<Store> store_;
   EngineOptions options_;
+  std::shared_ptr<Clock> clock_;
+  std::shared_ptr<RandomSource> random_;
+  detail::Transitions transitions_;
 
   mutable std::shared_mutex processesMutex_;
   std::map<std::string, std::map<int, ProcessPtr>, std::less<>> processes_;
@@ -702,6 +906,16 @@ class Engine::Impl {
   std::size_t busy_ = 0;
   bool stopping_ = false;
   std::vector<std::thread> workers_;
+
+  // The timer: only the earliest deadline is held, never one per waiting step.
+  std::mutex timerMutex_;
+  std::condition_variable timerWake_;
+  bool timerKnown_ = false;  // timerNext_ reflects the store
+  std::optional<Timestamp> timerNext_;
+  bool timerStuck_ = false;  // the last pass could fire none of the due timers
+  std::uint64_t timerGeneration_ = 0;
+  bool timerStopping_ = false;
+  std::thread timer_;
 };
 
 namespace {
@@ -734,7 +948,9 @@ Result<InstanceId> Engine::start(std::string_view process, Fields fields) {
 }
 
 Result<void> Engine::completeServerEvent(std::string_view serial, Fields fields) {
-  return guarded("completeServerEvent", [&] { return impl_->completeServerEvent(serial, fields); });
+  return guarded("completeServerEvent", [&] {
+    return impl_->serverEvent(serial, {Impl::EventKind::Complete, &fields, {}});
+  });
 }
 
 Result<void> Engine::cancel(InstanceId id, std::string reason) {
@@ -751,6 +967,36 @@ Result<WaitingPage> Engine::waiting(const WaitingFilter& filter) const {
 
 Result<std::size_t> Engine::recover() {
   return guarded("recover", [&] { return impl_->recover(); });
+}
+
+Result<void> Engine::failServerEvent(std::string_view serial, std::string reason, Fields fields) {
+  return guarded("failServerEvent", [&] {
+    return impl_->serverEvent(serial, {Impl::EventKind::Fail, &fields, std::move(reason)});
+  });
+}
+
+Result<void> Engine::heartbeat(std::string_view serial) {
+  return guarded("heartbeat", [&] {
+    return impl_->serverEvent(serial, {Impl::EventKind::Heartbeat, nullptr, {}});
+  });
+}
+
+Result<void> Engine::completeServerEventByKey(std::string_view process, std::string_view step,
+                                              std::string_view key, Fields fields) {
+  return guarded("completeServerEventByKey",
+                 [&] { return impl_->completeByKey(process, step, key, fields); });
+}
+
+Result<void> Engine::retry(InstanceId id) {
+  return guarded("retry", [&] { return impl_->retry(id); });
+}
+
+Result<std::vector<HistoryEvent>> Engine::history(InstanceId id) const {
+  return guarded("history", [&] { return impl_->history(id); });
+}
+
+Result<std::size_t> Engine::runDueTimers() {
+  return guarded("runDueTimers", [&] { return impl_->runDueTimers(); });
 }
 
 EngineStats Engine::stats() const { return impl_->stats(); }

@@ -1,9 +1,11 @@
 #include "asyncflow/memory_store.hpp"
 
+#include <algorithm>
 #include <iterator>
 #include <map>
 #include <mutex>
 #include <new>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -14,6 +16,7 @@ struct MemoryStore::State {
     InstanceRecord record;
     Fields fields;
     std::map<std::int64_t, StepRunRecord> runs;
+    std::vector<HistoryEvent> history;
   };
   std::mutex mutex;
   std::map<InstanceId, Instance> instances;  // ordered: pages walk ids
@@ -78,6 +81,10 @@ Result<std::vector<ApplyResult>> MemoryStore::apply(std::vector<ChangeSet> batch
         const std::int64_t key = run.run;
         target->runs[key] = std::move(run);
       }
+      for (auto& event : set.history) {
+        event.instance = target->record.id;
+        target->history.push_back(std::move(event));
+      }
       results.push_back(ApplyResult{ApplyStatus::Applied, target->record.id});
     }
   } catch (const std::bad_alloc&) {
@@ -132,6 +139,75 @@ Result<std::vector<InstanceId>> MemoryStore::listRunning(const RunningQuery& que
       }
     }
     return ids;
+  } catch (const std::bad_alloc&) {
+    return fail(Errc::StoreError, "out of memory");
+  }
+}
+
+Result<std::optional<Timestamp>> MemoryStore::nextDeadline() {
+  std::lock_guard lock(state_->mutex);
+  std::optional<Timestamp> earliest;
+  for (const auto& [id, instance] : state_->instances) {
+    for (const auto& [run, record] : instance.runs) {
+      if (record.status == StepRunStatus::Waiting && record.deadline &&
+          (!earliest || *record.deadline < *earliest)) {
+        earliest = record.deadline;
+      }
+    }
+  }
+  return earliest;
+}
+
+Result<std::vector<StepRunKey>> MemoryStore::listDue(Timestamp now, std::size_t limit) {
+  try {
+    std::lock_guard lock(state_->mutex);
+    std::vector<std::pair<Timestamp, StepRunKey>> due;
+    for (const auto& [id, instance] : state_->instances) {
+      for (const auto& [run, record] : instance.runs) {
+        if (record.status == StepRunStatus::Waiting && record.deadline && *record.deadline <= now) {
+          due.emplace_back(*record.deadline, StepRunKey{id, run});
+        }
+      }
+    }
+    std::sort(due.begin(), due.end(), [](const auto& a, const auto& b) {
+      return std::tie(a.first, a.second.instance, a.second.run) <
+             std::tie(b.first, b.second.instance, b.second.run);
+    });
+    std::vector<StepRunKey> keys;
+    for (std::size_t i = 0; i < due.size() && i < limit; ++i) keys.push_back(due[i].second);
+    return keys;
+  } catch (const std::bad_alloc&) {
+    return fail(Errc::StoreError, "out of memory");
+  }
+}
+
+Result<std::vector<StepRunKey>> MemoryStore::findByKey(const KeyQuery& query) {
+  try {
+    std::lock_guard lock(state_->mutex);
+    std::vector<StepRunKey> keys;
+    if (query.key.empty()) return keys;  // the empty key means "no key": it names no run
+    for (const auto& [id, instance] : state_->instances) {
+      if (instance.record.process != query.process) continue;
+      for (const auto& [run, record] : instance.runs) {
+        if (keys.size() == query.limit) return keys;
+        if (record.status == StepRunStatus::Waiting && record.step == query.step &&
+            record.correlationKey == query.key) {
+          keys.push_back(StepRunKey{id, run});
+        }
+      }
+    }
+    return keys;
+  } catch (const std::bad_alloc&) {
+    return fail(Errc::StoreError, "out of memory");
+  }
+}
+
+Result<std::vector<HistoryEvent>> MemoryStore::loadHistory(InstanceId id) {
+  try {
+    std::lock_guard lock(state_->mutex);
+    auto it = state_->instances.find(id);
+    if (it == state_->instances.end()) return std::vector<HistoryEvent>{};
+    return it->second.history;
   } catch (const std::bad_alloc&) {
     return fail(Errc::StoreError, "out of memory");
   }

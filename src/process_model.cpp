@@ -104,6 +104,9 @@ Result<std::shared_ptr<const CompiledProcess>> compileProcess(const Process& pro
             step.kind = StepKind::Async;
             step.async = s.handler();
             hasHandler = static_cast<bool>(step.async);
+            step.timeout = s.timeoutAfter();
+            step.heartbeat = s.heartbeatInterval();
+            step.correlateField = s.correlationField();
           } else {
             step.kind = StepKind::Sync;
             step.sync = s.handler();
@@ -117,6 +120,47 @@ Result<std::shared_ptr<const CompiledProcess>> compileProcess(const Process& pro
       return invalid(fmt::format("two steps are named '{}'", step.name));
     }
     compiled->steps.push_back(std::move(step));
+  }
+
+  // Second pass: the names a step refers to, now that every step is known.
+  for (std::size_t i = 0; i < process.steps().size(); ++i) {
+    CompiledStep& step = compiled->steps[i];
+    auto target = [&](const std::string& name,
+                      const char* what) -> Result<std::optional<std::size_t>> {
+      if (name.empty()) return std::optional<std::size_t>();
+      auto found = compiled->stepIndex.find(name);
+      if (found == compiled->stepIndex.end()) {
+        return invalid(
+            fmt::format("the {} of step '{}' is unknown step '{}'", what, step.name, name));
+      }
+      return std::optional<std::size_t>(found->second);
+    };
+    std::string errorStep, escalation;
+    std::visit(
+        [&](const auto& s) {
+          errorStep = s.errorStep();
+          if constexpr (std::is_same_v<std::decay_t<decltype(s)>, AsyncStep>) {
+            escalation = s.escalationStep();
+          }
+        },
+        process.steps()[i]);
+    auto onError = target(errorStep, "error line");
+    if (!onError) return tl::unexpected(onError.error());
+    step.onError = *onError;
+    auto escalateTo = target(escalation, "escalation");
+    if (!escalateTo) return tl::unexpected(escalateTo.error());
+    step.escalateTo = *escalateTo;
+    if (step.timeout.count() < 0 || (step.escalateTo && step.timeout.count() == 0)) {
+      return invalid(fmt::format("step '{}' needs a positive timeout", step.name));
+    }
+    if (step.heartbeat.count() < 0 || (step.heartbeat.count() > 0 && step.timeout.count() == 0)) {
+      return invalid(fmt::format(
+          "step '{}': a heartbeat interval must be positive and needs a timeout", step.name));
+    }
+    if (!step.correlateField.empty() && compiled->fieldTypes.count(step.correlateField) == 0) {
+      return invalid(fmt::format("step '{}' correlates by undeclared field '{}'", step.name,
+                                 step.correlateField));
+    }
   }
 
   compiled->lines = process.lines();

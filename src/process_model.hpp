@@ -1,8 +1,10 @@
 // A validated, indexed process definition, as the engine runs it (internal).
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -20,7 +22,12 @@ struct CompiledStep {
   StepKind kind = StepKind::Sync;
   Step::Handler sync;
   AsyncStep::Handler async;
-  std::vector<std::size_t> lines;  // indices into CompiledProcess::lines, in declaration order
+  std::vector<std::size_t> lines;      // indices into CompiledProcess::lines, in declaration order
+  std::optional<std::size_t> onError;  // the error line's target
+  std::chrono::milliseconds timeout{0};    // zero: no deadline
+  std::optional<std::size_t> escalateTo;   // where a timeout goes; none: the instance fails
+  std::chrono::milliseconds heartbeat{0};  // zero: heartbeats move the deadline by `timeout`
+  std::string correlateField;              // empty: no business key
 };
 
 // Where an instance goes after a step.
@@ -59,7 +66,9 @@ struct CompiledProcess {
 
 // Validates and indexes a Process. InvalidProcess with the reason when it has no
 // steps, an empty or duplicate step or field name, a Null-typed field, a default
-// of the wrong type, a step without a handler, or a line naming an unknown step.
+// of the wrong type, a step without a handler, a line, error line or escalation
+// naming an unknown step, a timeout or heartbeat that is not positive, a
+// heartbeat without a timeout, or a correlation field that is not declared.
 Result<std::shared_ptr<const CompiledProcess>> compileProcess(const Process& process);
 
 }  // namespace asyncflow::detail

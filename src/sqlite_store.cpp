@@ -138,6 +138,44 @@ SELECT r.instance_id || '_' || r.run ||
 FROM step_runs AS r JOIN instances AS i ON i.id = r.instance_id
 WHERE r.status = 'Waiting';
 )sql"},
+    {2, "correlation keys of step runs, the history table, waiting_steps with the key", R"sql(
+-- NULL: the run has no correlation key (the record's empty key).
+ALTER TABLE step_runs ADD COLUMN correlation_key TEXT;
+
+-- findByKey: the waiting runs of one step with one business key, in (instance_id,
+-- run) order (the table's key ends every index entry).
+CREATE INDEX step_runs_waiting_key ON step_runs (step, correlation_key)
+  WHERE status = 'Waiting' AND correlation_key IS NOT NULL;
+
+-- Each instance's audit trail; seq numbers its entries 1, 2, ... in write order.
+CREATE TABLE history (
+  instance_id INTEGER NOT NULL REFERENCES instances (id),
+  seq         INTEGER NOT NULL,
+  at          INTEGER NOT NULL,
+  kind        TEXT    NOT NULL
+              CHECK (kind IN ('Started', 'StepStarted', 'Waiting', 'CompletionRecorded',
+                              'StepCompleted', 'StepFailed', 'TimedOut', 'Heartbeat', 'Retried',
+                              'Completed', 'Failed', 'Cancelled')),
+  run         INTEGER NOT NULL,  -- 0 for an entry about the instance itself
+  step        TEXT    NOT NULL,  -- '' for an entry about the instance itself
+  detail      TEXT    NOT NULL,
+  PRIMARY KEY (instance_id, seq)
+) WITHOUT ROWID;
+
+DROP VIEW waiting_steps;
+CREATE VIEW waiting_steps AS
+SELECT r.instance_id || '_' || r.run ||
+         CASE WHEN r.secret = '' THEN '' ELSE '_' || r.secret END AS serial,
+       r.instance_id,
+       i.process,
+       i.process_version,
+       r.step,
+       datetime(r.waiting_since / 1000000, 'unixepoch') AS waiting_since,
+       datetime(r.deadline / 1000000, 'unixepoch') AS deadline,
+       r.correlation_key
+FROM step_runs AS r JOIN instances AS i ON i.id = r.instance_id
+WHERE r.status = 'Waiting';
+)sql"},
 };
 
 // --- names of enumerations ----------------------------------------------------------
@@ -155,11 +193,19 @@ constexpr StepRunStatus kStepRunStatuses[] = {StepRunStatus::Ready,    StepRunSt
                                               StepRunStatus::Cancelled};
 constexpr StepKind kStepKinds[] = {StepKind::Sync, StepKind::Async};
 constexpr Type kTypes[] = {Type::Null, Type::Bool, Type::Int64, Type::Double, Type::String};
+constexpr HistoryKind kHistoryKinds[] = {
+    HistoryKind::Started,       HistoryKind::StepStarted,
+    HistoryKind::Waiting,       HistoryKind::CompletionRecorded,
+    HistoryKind::StepCompleted, HistoryKind::StepFailed,
+    HistoryKind::TimedOut,      HistoryKind::Heartbeat,
+    HistoryKind::Retried,       HistoryKind::Completed,
+    HistoryKind::Failed,        HistoryKind::Cancelled};
 
 std::string_view nameOf(InstanceStatus s) { return statusName(s); }
 std::string_view nameOf(StepRunStatus s) { return statusName(s); }
 std::string_view nameOf(StepKind k) { return kindName(k); }
 std::string_view nameOf(Type t) { return typeName(t); }
+std::string_view nameOf(HistoryKind k) { return historyKindName(k); }
 
 // The enumerator named `text`; throws (a StoreError for the caller) when the
 // database holds a name this library does not know.
@@ -448,8 +494,9 @@ constexpr const char* kInstanceColumnNames[] = {"process",     "process_version"
 
 // Step-run columns, in the order writeStepRun binds and readStepRun reads them.
 constexpr const char* kRunColumnNames[] = {
-    "instance_id",    "run",   "step",       "kind",          "status",      "attempt", "secret",
-    "has_completion", "error", "created_at", "waiting_since", "finished_at", "deadline"};
+    "instance_id",   "run",         "step",           "kind",           "status",
+    "attempt",       "secret",      "has_completion", "error",          "created_at",
+    "waiting_since", "finished_at", "deadline",       "correlation_key"};
 constexpr int kRunColumns = static_cast<int>(std::size(kRunColumnNames));
 
 // "t.a, t.b, ..." (or "a, b, ..." without a table).
@@ -551,7 +598,28 @@ class SqliteStore::Impl {
                        SQLite::Statement(db_, waitingSql(true, true))},
         selectRunning_(db_,
                        "SELECT id FROM instances WHERE status = 'Running' AND process = ?1 "
-                       "AND process_version = ?2 AND id > ?3 ORDER BY id LIMIT ?4") {}
+                       "AND process_version = ?2 AND id > ?3 ORDER BY id LIMIT ?4"),
+        // seq continues the instance's numbering: a max() on the primary key, one seek.
+        insertHistory_(db_,
+                       "INSERT INTO history (instance_id, seq, at, kind, run, step, detail) "
+                       "SELECT ?1, coalesce(max(seq), 0) + 1, ?2, ?3, ?4, ?5, ?6 "
+                       "FROM history WHERE instance_id = ?1"),
+        selectHistory_(db_,
+                       "SELECT at, kind, run, step, detail FROM history WHERE instance_id = ?1 "
+                       "ORDER BY seq"),
+        selectNextDeadline_(db_,
+                            "SELECT min(deadline) FROM step_runs "
+                            "WHERE status = 'Waiting' AND deadline IS NOT NULL"),
+        selectDue_(db_,
+                   "SELECT instance_id, run FROM step_runs "
+                   "WHERE status = 'Waiting' AND deadline IS NOT NULL AND deadline <= ?1 "
+                   "ORDER BY deadline, instance_id, run LIMIT ?2"),
+        selectByKey_(db_,
+                     "SELECT r.instance_id, r.run "
+                     "FROM step_runs AS r JOIN instances AS i ON i.id = r.instance_id "
+                     "WHERE r.status = 'Waiting' AND r.step = ?2 "
+                     "AND r.correlation_key IS NOT NULL AND r.correlation_key = ?3 "
+                     "AND i.process = ?1 ORDER BY r.instance_id, r.run LIMIT ?4") {}
 
   Result<InstanceSnapshot> loadInstance(InstanceId id) {
     return mapExceptions("loadInstance", [&]() -> Result<InstanceSnapshot> {
@@ -662,6 +730,66 @@ class SqliteStore::Impl {
     });
   }
 
+  Result<std::optional<Timestamp>> nextDeadline() {
+    return mapExceptions("nextDeadline", [&]() -> Result<std::optional<Timestamp>> {
+      std::lock_guard lock(mutex_);
+      SQLite::Statement& s = selectNextDeadline_;
+      Use use(s);
+      std::optional<Timestamp> earliest;
+      // An aggregate always answers one row: NULL when no waiting run has a deadline.
+      if (s.executeStep() && !s.isColumnNull(0)) earliest = fromMicros(s.getColumn(0).getInt64());
+      return earliest;
+    });
+  }
+
+  Result<std::vector<StepRunKey>> listDue(Timestamp now, std::size_t limit) {
+    return mapExceptions("listDue", [&]() -> Result<std::vector<StepRunKey>> {
+      std::lock_guard lock(mutex_);
+      SQLite::Statement& s = selectDue_;
+      Use use(s);
+      bindTime(s, 1, now);
+      s.bind(2, limitOf(limit));
+      return readKeys(s);
+    });
+  }
+
+  Result<std::vector<StepRunKey>> findByKey(const KeyQuery& query) {
+    return mapExceptions("findByKey", [&]() -> Result<std::vector<StepRunKey>> {
+      std::lock_guard lock(mutex_);
+      // The empty key means "no key" (stored as NULL): it names no run.
+      if (query.key.empty()) return std::vector<StepRunKey>{};
+      SQLite::Statement& s = selectByKey_;
+      Use use(s);
+      bindText(s, 1, query.process);
+      bindText(s, 2, query.step);
+      bindText(s, 3, query.key);
+      s.bind(4, limitOf(query.limit));
+      return readKeys(s);
+    });
+  }
+
+  Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) {
+    return mapExceptions("loadHistory", [&]() -> Result<std::vector<HistoryEvent>> {
+      std::lock_guard lock(mutex_);
+      SQLite::Statement& s = selectHistory_;
+      Use use(s);
+      s.bind(1, static_cast<std::int64_t>(id));
+      std::vector<HistoryEvent> events;
+      while (s.executeStep()) {
+        HistoryEvent event;
+        event.instance = id;
+        event.at = fromMicros(s.getColumn(0).getInt64());
+        event.kind =
+            parseName(std::string_view(s.getColumn(1).getText()), kHistoryKinds, "history kind");
+        event.run = s.getColumn(2).getInt64();
+        event.step = bytesOf(s.getColumn(3));
+        event.detail = bytesOf(s.getColumn(4));
+        events.push_back(std::move(event));
+      }
+      return events;
+    });
+  }
+
  private:
   // One use of a cached statement: on exit, also by exception, resets it (so no
   // statement keeps a read transaction open) and drops its parameters.
@@ -748,6 +876,16 @@ class SqliteStore::Impl {
       run(upsertField_);
     }
     for (const StepRunRecord& stepRun : set.stepRuns) writeStepRun(header.id, stepRun);
+    for (const HistoryEvent& event : set.history) {
+      SQLite::Statement& s = insertHistory_;
+      s.bind(1, static_cast<std::int64_t>(header.id));  // the set's instance wins
+      bindTime(s, 2, event.at);
+      bindName(s, 3, historyKindName(event.kind));
+      s.bind(4, event.run);
+      bindText(s, 5, event.step);
+      bindText(s, 6, event.detail);
+      run(s);
+    }
     return ApplyResult{ApplyStatus::Applied, header.id};
   }
 
@@ -769,6 +907,11 @@ class SqliteStore::Impl {
       bindTime(s, 13, *r.deadline);
     } else {
       s.bind(13);
+    }
+    if (r.correlationKey.empty()) {
+      s.bind(14);  // no key: NULL, outside step_runs_waiting_key
+    } else {
+      bindText(s, 14, r.correlationKey);
     }
     run(s);
 
@@ -806,7 +949,17 @@ class SqliteStore::Impl {
     r.waitingSince = timeOrEpoch(s.getColumn(10));
     r.finishedAt = timeOrEpoch(s.getColumn(11));
     if (!s.isColumnNull(12)) r.deadline = fromMicros(s.getColumn(12).getInt64());
+    r.correlationKey = bytesOf(s.getColumn(13));  // NULL reads as empty
     return r;
+  }
+
+  // The (instance_id, run) of each row of `s`, in columns 0 and 1.
+  static std::vector<StepRunKey> readKeys(SQLite::Statement& s) {
+    std::vector<StepRunKey> keys;
+    while (s.executeStep()) {
+      keys.push_back(StepRunKey{s.getColumn(0).getInt64(), s.getColumn(1).getInt64()});
+    }
+    return keys;
   }
 
   // Adds the completion field in columns name, type, value starting at `index`,
@@ -834,6 +987,11 @@ class SqliteStore::Impl {
   SQLite::Statement selectStepRun_;
   SQLite::Statement selectWaiting_[4];  // index: (by process ? 2 : 0) + (by step ? 1 : 0)
   SQLite::Statement selectRunning_;
+  SQLite::Statement insertHistory_;
+  SQLite::Statement selectHistory_;
+  SQLite::Statement selectNextDeadline_;
+  SQLite::Statement selectDue_;
+  SQLite::Statement selectByKey_;
 };
 
 Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
@@ -892,6 +1050,20 @@ Result<std::vector<WaitingRow>> SqliteStore::listWaiting(const WaitingQuery& que
 
 Result<std::vector<InstanceId>> SqliteStore::listRunning(const RunningQuery& query) {
   return impl_->listRunning(query);
+}
+
+Result<std::optional<Timestamp>> SqliteStore::nextDeadline() { return impl_->nextDeadline(); }
+
+Result<std::vector<StepRunKey>> SqliteStore::listDue(Timestamp now, std::size_t limit) {
+  return impl_->listDue(now, limit);
+}
+
+Result<std::vector<StepRunKey>> SqliteStore::findByKey(const KeyQuery& query) {
+  return impl_->findByKey(query);
+}
+
+Result<std::vector<HistoryEvent>> SqliteStore::loadHistory(InstanceId id) {
+  return impl_->loadHistory(id);
 }
 
 }  // namespace asyncflow

@@ -26,4 +26,22 @@ std::string_view statusName(StepRunStatus status) noexcept {
   return "Unknown";
 }
 
+std::string_view historyKindName(HistoryKind kind) noexcept {
+  switch (kind) {
+    case HistoryKind::Started: return "Started";
+    case HistoryKind::StepStarted: return "StepStarted";
+    case HistoryKind::Waiting: return "Waiting";
+    case HistoryKind::CompletionRecorded: return "CompletionRecorded";
+    case HistoryKind::StepCompleted: return "StepCompleted";
+    case HistoryKind::StepFailed: return "StepFailed";
+    case HistoryKind::TimedOut: return "TimedOut";
+    case HistoryKind::Heartbeat: return "Heartbeat";
+    case HistoryKind::Retried: return "Retried";
+    case HistoryKind::Completed: return "Completed";
+    case HistoryKind::Failed: return "Failed";
+    case HistoryKind::Cancelled: return "Cancelled";
+  }
+  return "Unknown";
+}
+
 }  // namespace asyncflow

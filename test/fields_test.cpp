@@ -31,6 +31,7 @@ const std::vector<Errc> kAllCodes = {
     Errc::InvalidArgument,  Errc::InvalidProcess, Errc::InvalidSerial, Errc::NotFound,
     Errc::AlreadyCompleted, Errc::TimedOut,       Errc::StepFailed,    Errc::Cancelled,
     Errc::InvalidField,     Errc::StoreError,     Errc::Conflict,      Errc::Internal,
+    Errc::ProcessNotDefined, Errc::AmbiguousKey,
 };
 
 }  // namespace

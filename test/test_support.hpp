@@ -89,6 +89,7 @@ struct Harness {
     o.serials = serials;
     o.clock = clock;
     o.random = random;
+    o.timerThread = false;  // tests fire timers with runDueTimers() after moving the clock
     return o;
   }
 };

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -28,6 +29,21 @@ enum class SerialForm {
   Bare,
 };
 
+// Told of every transition, after it is durable: for metrics, logs, tracing.
+// Called on the thread that committed it, so it must be quick and thread-safe;
+// an exception it throws is caught and ignored.
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  virtual void onEvent(const HistoryEvent& event) = 0;
+};
+
+// Severity of a log line.
+enum class LogLevel { Debug, Info, Warning, Error };
+
+// Where log lines go: a host function, called from any engine thread.
+using LogSink = std::function<void(LogLevel level, std::string_view message)>;
+
 // Engine settings. Every field has a usable default.
 struct EngineOptions {
   // Shape of new serials. Default: WithSecret.
@@ -43,6 +59,15 @@ struct EngineOptions {
   // When true (the default), define() re-drives the instances of the process
   // version it defines that a crash left mid-step (see recover()).
   bool recoverOnDefine = true;
+  // When true (the default), a thread sleeps until the earliest deadline in the
+  // store and fires the timers then; it never polls. Tests with a ManualClock
+  // turn it off and call runDueTimers() after moving the clock.
+  bool timerThread = true;
+  // Told of every transition. Default: none.
+  std::shared_ptr<Listener> listener;
+  // Receives log lines (transitions at Info, trouble at Warning and Error).
+  // Default (empty): silent.
+  LogSink log;
 };
 
 // What instance(id) reports.
@@ -133,6 +158,40 @@ class Engine {
   // InvalidSerial, NotFound, AlreadyCompleted, TimedOut, StepFailed, Cancelled,
   // InvalidField, StoreError, Conflict; on any error nothing changed.
   [[nodiscard]] Result<void> completeServerEvent(std::string_view serial, Fields fields = {});
+
+  // The external system reports that the work failed: the step run fails with
+  // `reason`, `fields` are merged, and the instance follows the step's error
+  // line or fails. A failure that arrives before the step waits is recorded and
+  // applied when the handler returns. Errors as completeServerEvent.
+  [[nodiscard]] Result<void> failServerEvent(std::string_view serial, std::string reason,
+                                             Fields fields = {});
+
+  // The external system is still working: moves the waiting step's deadline to
+  // its heartbeat interval (or timeout) from now, and records the heartbeat.
+  // Errors as completeServerEvent.
+  [[nodiscard]] Result<void> heartbeat(std::string_view serial);
+
+  // completeServerEvent for an external system that knows only its own id: the
+  // waiting step `step` of process `process` whose business key (see
+  // AsyncStep::correlate) is `key`. NotFound when none waits with that key,
+  // AmbiguousKey when several do; otherwise as completeServerEvent.
+  [[nodiscard]] Result<void> completeServerEventByKey(std::string_view process,
+                                                      std::string_view step, std::string_view key,
+                                                      Fields fields = {});
+
+  // Re-runs the failed step of a failed instance as a new step run, with
+  // attempt() one higher; a retried async step gets a new serial, and the old
+  // one keeps answering StepFailed (or TimedOut). NotFound; InvalidArgument when
+  // the instance has not failed; ProcessNotDefined; StoreError.
+  [[nodiscard]] Result<void> retry(InstanceId id);
+
+  // The instance's audit trail, oldest first. NotFound for an unknown id.
+  [[nodiscard]] Result<std::vector<HistoryEvent>> history(InstanceId id) const;
+
+  // Fires every timer whose deadline is at or before the clock's now: the run
+  // becomes TimedOut and the instance escalates or fails. Returns how many fired.
+  // The timer thread calls this; hosts with timerThread off call it themselves.
+  [[nodiscard]] Result<std::size_t> runDueTimers();
 
   // Ends the instance: its open step run and the instance become Cancelled, and
   // a later completion of its serial gets Cancelled. NotFound for an unknown id;

@@ -16,18 +16,21 @@ namespace asyncflow {
 // The canonical error codes. Each completion outcome of DESIGN.md section 5 has
 // its own code, so integration code can branch without parsing messages.
 enum class Errc {
-  InvalidArgument,   // a call's arguments are malformed (not a serial or field problem)
-  InvalidProcess,    // define(): the process definition is broken or already defined
-  InvalidSerial,     // a serial is empty, of the wrong shape, or carries the wrong secret
-  NotFound,          // a well-formed id, serial or name that the engine does not know
-  AlreadyCompleted,  // the step run already has its completion
-  TimedOut,          // the step run's deadline passed before the completion arrived
-  StepFailed,        // the step run failed (its handler failed, threw, or was failed)
-  Cancelled,         // the instance was cancelled
-  InvalidField,      // a data field is not declared by the process, or has the wrong type
-  StoreError,        // persistence failed (disk full, busy, I/O); nothing was written
-  Conflict,          // the instance kept changing under this call; it is safe to retry
-  Internal,          // a bug in asyncflow; the message says where
+  InvalidArgument,    // a call's arguments are malformed (not a serial or field problem)
+  InvalidProcess,     // define(): the process definition is broken or already defined
+  InvalidSerial,      // a serial is empty, of the wrong shape, or carries the wrong secret
+  NotFound,           // a well-formed id, serial or name that the engine does not know
+  AlreadyCompleted,   // the step run already has its completion
+  TimedOut,           // the step run's deadline passed before the completion arrived
+  StepFailed,         // the step run failed (its handler failed, threw, or was failed)
+  Cancelled,          // the instance was cancelled
+  InvalidField,       // a data field is not declared by the process, or has the wrong type
+  StoreError,         // persistence failed (disk full, busy, I/O); nothing was written
+  Conflict,           // the instance kept changing under this call; it is safe to retry
+  Internal,           // a bug in asyncflow; the message says where
+  ProcessNotDefined,  // the instance's process version is not defined in this engine;
+                      // nothing changed: define it and call again
+  AmbiguousKey,       // a business key names more than one waiting step
 };
 
 // The stable name of a code, e.g. "AlreadyCompleted". Never fails.
@@ -45,6 +48,8 @@ constexpr std::string_view errcName(Errc code) noexcept {
     case Errc::StoreError: return "StoreError";
     case Errc::Conflict: return "Conflict";
     case Errc::Internal: return "Internal";
+    case Errc::ProcessNotDefined: return "ProcessNotDefined";
+    case Errc::AmbiguousKey: return "AmbiguousKey";
   }
   return "Unknown";
 }

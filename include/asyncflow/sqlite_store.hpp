@@ -37,7 +37,7 @@ struct SqliteOptions {
 //
 // Thread-safe: calls are serialised on one connection. Every error is a
 // StoreError that leaves the database as it was. Operators can read it with the
-// sqlite3 shell: tables instances, fields, step_runs, and the view waiting_steps.
+// sqlite3 shell: tables instances, fields, step_runs, history, and the view waiting_steps.
 class SqliteStore final : public Store {
  public:
   // Opens (creating if absent) the database at `path` and migrates its schema to
@@ -59,6 +59,10 @@ class SqliteStore final : public Store {
   Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) override;
   Result<std::vector<WaitingRow>> listWaiting(const WaitingQuery& query) override;
   Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) override;
+  Result<std::optional<Timestamp>> nextDeadline() override;
+  Result<std::vector<StepRunKey>> listDue(Timestamp now, std::size_t limit) override;
+  Result<std::vector<StepRunKey>> findByKey(const KeyQuery& query) override;
+  Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) override;
 
  private:
   class Impl;

@@ -1,6 +1,7 @@
 // asyncflow: steps, the contexts their handlers see, and the outcomes they return.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -120,12 +121,21 @@ class Step {
 
   Step(std::string name, Handler handler) : name_(std::move(name)), handler_(std::move(handler)) {}
 
+  // The error line: when this step fails (fail() or a throw), the instance goes
+  // on at `step` instead of failing. define() checks that the step exists.
+  Step& onError(std::string step) {
+    onError_ = std::move(step);
+    return *this;
+  }
+
   const std::string& name() const noexcept { return name_; }
   const Handler& handler() const noexcept { return handler_; }
+  const std::string& errorStep() const noexcept { return onError_; }
 
  private:
   std::string name_;
   Handler handler_;
+  std::string onError_;
 };
 
 // An async step ("wait for external system"): its start handler calls the
@@ -134,16 +144,54 @@ class Step {
 class AsyncStep {
  public:
   using Handler = std::function<StartOutcome(AsyncStepContext&)>;
+  using Duration = std::chrono::milliseconds;
 
   AsyncStep(std::string name, Handler handler)
       : name_(std::move(name)), handler_(std::move(handler)) {}
 
+  // A deadline `after` the step begins to wait. When it passes without a
+  // completion the run becomes TimedOut and the instance goes on at
+  // `escalateTo`, or fails when that is empty. `after` must be positive.
+  AsyncStep& timeout(Duration after, std::string escalateTo = {}) {
+    timeout_ = after;
+    escalateTo_ = std::move(escalateTo);
+    return *this;
+  }
+  // Each heartbeat(serial) moves the deadline to `interval` after the heartbeat
+  // (without an interval, heartbeats move it by the timeout). Needs a timeout.
+  AsyncStep& heartbeat(Duration interval) {
+    heartbeat_ = interval;
+    return *this;
+  }
+  // The business key: when the step begins to wait, the value of `field` (a
+  // declared field) becomes a key that completeServerEventByKey finds it by.
+  AsyncStep& correlate(std::string field) {
+    correlateField_ = std::move(field);
+    return *this;
+  }
+  // The error line: when this step fails (StartOutcome::fail, a throw, or
+  // failServerEvent), the instance goes on at `step` instead of failing.
+  AsyncStep& onError(std::string step) {
+    onError_ = std::move(step);
+    return *this;
+  }
+
   const std::string& name() const noexcept { return name_; }
   const Handler& handler() const noexcept { return handler_; }
+  Duration timeoutAfter() const noexcept { return timeout_; }  // zero: none
+  const std::string& escalationStep() const noexcept { return escalateTo_; }
+  Duration heartbeatInterval() const noexcept { return heartbeat_; }  // zero: none
+  const std::string& correlationField() const noexcept { return correlateField_; }
+  const std::string& errorStep() const noexcept { return onError_; }
 
  private:
   std::string name_;
   Handler handler_;
+  Duration timeout_{0};
+  std::string escalateTo_;
+  Duration heartbeat_{0};
+  std::string correlateField_;
+  std::string onError_;
 };
 
 }  // namespace asyncflow

@@ -82,13 +82,17 @@ struct StepRunRecord {
   Timestamp waitingSince{};           // epoch when it never waited
   Timestamp finishedAt{};             // epoch while open
   std::optional<Timestamp> deadline;  // when a waiting run times out; none by default
+  // The business key an external system may complete the run by (the value of
+  // the step's correlation field when it began to wait); empty when none.
+  std::string correlationKey;
 
   friend bool operator==(const StepRunRecord& a, const StepRunRecord& b) {
     return a.instance == b.instance && a.run == b.run && a.step == b.step && a.kind == b.kind &&
            a.status == b.status && a.attempt == b.attempt && a.secret == b.secret &&
            a.hasCompletion == b.hasCompletion && a.completion == b.completion &&
            a.error == b.error && a.createdAt == b.createdAt && a.waitingSince == b.waitingSince &&
-           a.finishedAt == b.finishedAt && a.deadline == b.deadline;
+           a.finishedAt == b.finishedAt && a.deadline == b.deadline &&
+           a.correlationKey == b.correlationKey;
   }
 };
 
@@ -120,6 +124,40 @@ struct InstanceSnapshot {
   Fields fields;
 };
 
+// What an entry of an instance's history records.
+enum class HistoryKind {
+  Started,             // the instance started (detail: the process version)
+  StepStarted,         // a step run was scheduled and its handler started
+  Waiting,             // an async step waits (detail: its serial)
+  CompletionRecorded,  // a completion arrived before the step waited
+  StepCompleted,       // a step run completed (detail: the fields a completion set)
+  StepFailed,          // a step run failed (detail: why)
+  TimedOut,            // a waiting step's deadline passed
+  Heartbeat,           // the external system extended a waiting step's deadline
+  Retried,             // retry() re-ran a failed step (detail: the new attempt)
+  Completed,           // the instance completed
+  Failed,              // the instance failed (detail: why)
+  Cancelled,           // the instance was cancelled (detail: the reason)
+};
+
+// "StepCompleted" etc. Never fails.
+std::string_view historyKindName(HistoryKind kind) noexcept;
+
+// One entry of an instance's audit trail; entries keep the order they were written.
+struct HistoryEvent {
+  InstanceId instance = 0;
+  Timestamp at{};
+  HistoryKind kind = HistoryKind::Started;
+  std::int64_t run = 0;  // the step run it concerns; 0 for instance-level entries
+  std::string step;      // that run's step; empty for instance-level entries
+  std::string detail;    // what happened, for people
+
+  friend bool operator==(const HistoryEvent& a, const HistoryEvent& b) {
+    return a.instance == b.instance && a.at == b.at && a.kind == b.kind && a.run == b.run &&
+           a.step == b.step && a.detail == b.detail;
+  }
+};
+
 // One atomic transition of one instance. Every change to a step run travels in
 // a change set of its instance, so the instance's version covers its runs too: a
 // reader that loads the instance and then a run, and writes guarded by that
@@ -135,6 +173,8 @@ struct ChangeSet {
   Fields fields;
   // Step runs inserted or replaced, keyed by (instance, run).
   std::vector<StepRunRecord> stepRuns;
+  // History entries appended, in order (their `instance` is the set's).
+  std::vector<HistoryEvent> history;
 };
 
 // What happened to one change set of a batch.
@@ -162,6 +202,23 @@ struct WaitingRow {
   StepRunRecord run;
   std::string process;
   int processVersion = 0;
+};
+
+// Identifies one step run.
+struct StepRunKey {
+  InstanceId instance = 0;
+  std::int64_t run = 0;
+  friend bool operator==(const StepRunKey& a, const StepRunKey& b) {
+    return a.instance == b.instance && a.run == b.run;
+  }
+};
+
+// Waiting runs of one process's step whose correlation key equals `key`.
+struct KeyQuery {
+  std::string process;
+  std::string step;
+  std::string key;
+  std::size_t limit = 2;  // 2 tells "one" from "ambiguous"
 };
 
 // A page of Running instances of one process version, in id order, for recovery.
@@ -196,6 +253,21 @@ class Store {
   // Ids of instances with status Running of the query's process version: what a
   // crash may have left mid-step. query.limit ids while that many more match.
   [[nodiscard]] virtual Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) = 0;
+
+  // The earliest deadline of any Waiting run; empty when no waiting run has one.
+  [[nodiscard]] virtual Result<std::optional<Timestamp>> nextDeadline() = 0;
+
+  // Waiting runs whose deadline is at or before `now`, earliest first, then by
+  // (instance, run); `limit` of them while that many more are due.
+  [[nodiscard]] virtual Result<std::vector<StepRunKey>> listDue(Timestamp now,
+                                                                std::size_t limit) = 0;
+
+  // Waiting runs matching the query, in (instance, run) order, at most query.limit.
+  // An empty key means "no key" and matches nothing.
+  [[nodiscard]] virtual Result<std::vector<StepRunKey>> findByKey(const KeyQuery& query) = 0;
+
+  // The instance's history in the order it was written; empty for an unknown id.
+  [[nodiscard]] virtual Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) = 0;
 };
 
 // Forwards every call to another store, so a test can override one method (to
@@ -219,6 +291,16 @@ class StoreWrapper : public Store {
   }
   Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) override {
     return target_->listRunning(query);
+  }
+  Result<std::optional<Timestamp>> nextDeadline() override { return target_->nextDeadline(); }
+  Result<std::vector<StepRunKey>> listDue(Timestamp now, std::size_t limit) override {
+    return target_->listDue(now, limit);
+  }
+  Result<std::vector<StepRunKey>> findByKey(const KeyQuery& query) override {
+    return target_->findByKey(query);
+  }
+  Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) override {
+    return target_->loadHistory(id);
   }
 
   Store& target() const noexcept { return *target_; }

@@ -165,7 +165,23 @@ inline std::string describe(const StepRunRecord& r) {
          ", hasCompletion " + (r.hasCompletion ? "true" : "false") + ", completion " +
          describe(r.completion) + ", error " + describeBytes(r.error) + ", createdAt " +
          describe(r.createdAt) + ", waitingSince " + describe(r.waitingSince) + ", finishedAt " +
-         describe(r.finishedAt) + ", deadline " + describe(r.deadline) + "}";
+         describe(r.finishedAt) + ", deadline " + describe(r.deadline) + ", correlationKey " +
+         describeBytes(r.correlationKey) + "}";
+}
+
+inline std::string describe(HistoryKind kind) { return std::string(historyKindName(kind)); }
+
+inline std::string describe(const HistoryEvent& e) {
+  return "{instance " + std::to_string(e.instance) + ", at " + describe(e.at) + ", " +
+         describe(e.kind) + ", run " + std::to_string(e.run) + ", step " + describeBytes(e.step) +
+         ", detail " + describeBytes(e.detail) + "}";
+}
+
+// One event a line, so a failure shows where two histories part.
+inline std::string describe(const std::vector<HistoryEvent>& events) {
+  std::string out = "[";
+  for (const HistoryEvent& event : events) out += "\n  " + describe(event);
+  return out + "]";
 }
 
 inline std::string describe(const std::vector<ApplyResult>& results) {
@@ -188,6 +204,15 @@ inline std::string describeKeys(const std::vector<WaitingRow>& rows) {
   for (const WaitingRow& row : rows) {
     if (out.size() > 1) out += ", ";
     out += keyOf(row.run.instance, row.run.run);
+  }
+  return out + "]";
+}
+
+inline std::string describeKeys(const std::vector<StepRunKey>& keys) {
+  std::string out = "[";
+  for (const StepRunKey& key : keys) {
+    if (out.size() > 1) out += ", ";
+    out += keyOf(key.instance, key.run);
   }
   return out + "]";
 }
@@ -294,6 +319,28 @@ inline std::vector<WaitingRow> listWaiting(Store& store, const WaitingQuery& que
 
 inline std::vector<InstanceId> listRunning(Store& store, const RunningQuery& query) {
   return valueOf(store.listRunning(query), "listRunning");
+}
+
+inline std::optional<Timestamp> nextDeadline(Store& store) {
+  return valueOf(store.nextDeadline(), "nextDeadline");
+}
+
+inline std::vector<StepRunKey> listDue(Store& store, Timestamp now, std::size_t limit) {
+  return valueOf(store.listDue(now, limit), "listDue");
+}
+
+inline std::vector<StepRunKey> findByKey(Store& store, std::string process, std::string step,
+                                         std::string key, std::size_t limit = 100) {
+  KeyQuery query;
+  query.process = std::move(process);
+  query.step = std::move(step);
+  query.key = std::move(key);
+  query.limit = limit;
+  return valueOf(store.findByKey(query), "findByKey");
+}
+
+inline std::vector<HistoryEvent> loadHistory(Store& store, InstanceId id) {
+  return valueOf(store.loadHistory(id), "loadHistory");
 }
 
 // --- records to write ------------------------------------------------------------------
@@ -1193,6 +1240,384 @@ inline void listRunningReturnsRunningInstancesOfOneVersion(Store& store) {
   }
 }
 
+// --- correlation keys, timers and history ------------------------------------------------
+
+// A step run of `step` with the given status and correlation key.
+inline StepRunRecord keyedRun(std::int64_t run, std::string step, StepRunStatus status,
+                              std::string key) {
+  StepRunRecord r = stepRun(run, std::move(step), status);
+  r.correlationKey = std::move(key);
+  return r;
+}
+
+// A step run with the given status and deadline.
+inline StepRunRecord runDueAt(std::int64_t run, StepRunStatus status,
+                              std::optional<Timestamp> deadline) {
+  StepRunRecord r = stepRun(run, "Approve", status);
+  r.deadline = deadline;
+  return r;
+}
+
+// Applies an update of instance `id` that writes `runs` (each with the instance's id).
+inline void writeRuns(Store& store, InstanceId id, std::vector<StepRunRecord> runs) {
+  ChangeSet set = updateOf(load(store, id));
+  for (StepRunRecord& run : runs) run.instance = id;
+  set.stepRuns = std::move(runs);
+  REQUIRE(describe(applyOne(store, set).status) == "Applied");
+}
+
+inline void correlationKeysRoundTrip(Store& store) {
+  const StepRunRecord keyed = keyedRun(1, "Approve", StepRunStatus::Waiting, "ORDER-17");
+  // Any bytes: NULs, invalid UTF-8, a line break, a trailing space.
+  const StepRunRecord bytes =
+      keyedRun(2, "Approve", StepRunStatus::Waiting, std::string("K\0ey\xff\n \0", 8));
+  const StepRunRecord none = keyedRun(3, "Approve", StepRunStatus::Waiting, "");
+  // A run keeps its key after it stops waiting.
+  const StepRunRecord closed = keyedRun(4, "Ship", StepRunStatus::Completed, "ORDER-17");
+  const InstanceId id = create(
+      store, creationWith("Order", 1, InstanceStatus::Waiting, {keyed, bytes, none, closed}));
+  for (StepRunRecord expected : {keyed, bytes, none, closed}) {
+    expected.instance = id;
+    INFO("run " << expected.run);
+    checkSame(loadRun(store, id, expected.run), expected);
+  }
+  const auto rows = listWaiting(store, WaitingQuery{});
+  REQUIRE(rows.size() == 3);
+  CHECK(describeBytes(rows[0].run.correlationKey) == describeBytes(keyed.correlationKey));
+  CHECK(describeBytes(rows[1].run.correlationKey) == describeBytes(bytes.correlationKey));
+  CHECK(describeBytes(rows[2].run.correlationKey) == describeBytes(""));
+
+  SECTION("a replaced run takes the new key: changed, cleared, or set where there was none") {
+    StepRunRecord changed = keyed;
+    changed.correlationKey = "ORDER-18";
+    StepRunRecord cleared = bytes;
+    cleared.correlationKey.clear();
+    StepRunRecord gained = none;
+    gained.correlationKey = std::string(1, '\0');
+    writeRuns(store, id, {changed, cleared, gained});
+    for (StepRunRecord expected : {changed, cleared, gained}) {
+      expected.instance = id;
+      INFO("run " << expected.run);
+      checkSame(loadRun(store, id, expected.run), expected);
+    }
+  }
+}
+
+// A history entry at `micros`.
+inline HistoryEvent historyEvent(HistoryKind kind, std::int64_t run, std::string step,
+                                 std::string detail, std::int64_t micros) {
+  HistoryEvent event;
+  event.at = at(micros);
+  event.kind = kind;
+  event.run = run;
+  event.step = std::move(step);
+  event.detail = std::move(detail);
+  return event;
+}
+
+// `events` as the store must return them for instance `id`.
+inline std::vector<HistoryEvent> ofInstance(std::vector<HistoryEvent> events, InstanceId id) {
+  for (HistoryEvent& event : events) event.instance = id;
+  return events;
+}
+
+inline void historyIsAppendedInWriteOrder(Store& store) {
+  using K = HistoryKind;
+  CHECK(loadHistory(store, 1).empty());
+
+  ChangeSet created = creation();
+  created.history = {historyEvent(K::Started, 0, "", "version 1", 1),
+                     historyEvent(K::StepStarted, 1, "Submit", "", 2)};
+  created.history[1].instance = 777;  // whatever the caller wrote, the set's id wins
+  const InstanceId id = create(store, created);
+  const InstanceId other = create(store, creation());  // a set without history
+  std::vector<HistoryEvent> expected = ofInstance(created.history, id);
+  checkSame(loadHistory(store, id), expected);
+  CHECK(loadHistory(store, other).empty());
+
+  // Entries keep the order they were written, not the order of their times.
+  ChangeSet waits = updateOf(load(store, id));
+  waits.history = {historyEvent(K::Waiting, 1, "Submit", "1_1_c2VjcmV0", 900),
+                   historyEvent(K::Heartbeat, 1, "Submit", "", 5),
+                   historyEvent(K::Heartbeat, 1, "Submit", "", 5)};
+  REQUIRE(describe(applyOne(store, waits).status) == "Applied");
+  REQUIRE(describe(applyOne(store, updateOf(load(store, id))).status) == "Applied");
+  expected.insert(expected.end(), waits.history.begin(), waits.history.end());
+  checkSame(loadHistory(store, id), ofInstance(expected, id));
+
+  SECTION("in a batch: sets of several instances, two of the same instance") {
+    const InstanceSnapshot current = load(store, id);
+    ChangeSet forOther = updateOf(load(store, other));
+    forOther.history = {historyEvent(K::Cancelled, 0, "", "by the operator", 10)};
+    ChangeSet completes = updateOf(current);
+    completes.history = {historyEvent(K::StepCompleted, 1, "Submit", "{\"Status\":\"Ok\"}", 20)};
+    ChangeSet ends = updateOf(current);
+    ends.expectedVersion = current.record.version + 1;  // follows `completes`
+    ends.history = {historyEvent(K::Completed, 0, "", "", 30)};
+    std::vector<ChangeSet> batch{completes, forOther, ends};
+    CHECK(describe(applyBatch(store, std::move(batch))) ==
+          describe(std::vector<ApplyResult>{{ApplyStatus::Applied, id},
+                                            {ApplyStatus::Applied, other},
+                                            {ApplyStatus::Applied, id}}));
+    expected.push_back(completes.history[0]);
+    expected.push_back(ends.history[0]);
+    checkSame(loadHistory(store, id), ofInstance(expected, id));
+    checkSame(loadHistory(store, other), ofInstance(forOther.history, other));
+  }
+
+  SECTION("every kind, and any bytes in step and detail, round-trip") {
+    const std::vector<HistoryKind> kinds = {
+        K::Started,       K::StepStarted, K::Waiting,  K::CompletionRecorded,
+        K::StepCompleted, K::StepFailed,  K::TimedOut, K::Heartbeat,
+        K::Retried,       K::Completed,   K::Failed,   K::Cancelled};
+    ChangeSet set = updateOf(load(store, id));
+    for (std::size_t i = 0; i < kinds.size(); ++i) {
+      set.history.push_back(historyEvent(kinds[i], static_cast<std::int64_t>(i) * 1'000'000'007,
+                                         std::string("st\0ep\xff", 6) + std::to_string(i),
+                                         std::string("line 1\nline \"2\"\0\xc3\xa9", 18),
+                                         static_cast<std::int64_t>(i) * 1'000'003 - 500));
+    }
+    set.history.push_back(historyEvent(K::Failed, 0, "", std::string(70'000, 'x'), 0));
+    set.history.back().at = Timestamp{};  // the epoch is a time like any other
+    REQUIRE(describe(applyOne(store, set).status) == "Applied");
+    expected.insert(expected.end(), set.history.begin(), set.history.end());
+    checkSame(loadHistory(store, id), ofInstance(expected, id));
+  }
+
+  SECTION("an unknown id has an empty history, not NotFound") {
+    for (InstanceId unknown : {InstanceId{0}, InstanceId{-1}, other + 1, other + 1000}) {
+      INFO("instance " << unknown);
+      CHECK(codeOf(store.loadHistory(unknown)) == "ok");
+      CHECK(loadHistory(store, unknown).empty());
+    }
+  }
+}
+
+inline void conflictAppendsNoHistory(Store& store) {
+  using K = HistoryKind;
+  ChangeSet created = creation();
+  created.history = {historyEvent(K::Started, 0, "", "version 1", 1)};
+  const InstanceId id = create(store, created);
+  const InstanceId other = create(store, creation());
+  const InstanceSnapshot original = load(store, id);
+  ChangeSet moves = updateOf(original);
+  moves.history = {historyEvent(K::StepStarted, 1, "Submit", "", 2)};
+  REQUIRE(describe(applyOne(store, moves).status) == "Applied");
+  const std::vector<HistoryEvent> expected = ofInstance({created.history[0], moves.history[0]}, id);
+
+  SECTION("alone") {
+    ChangeSet stale = updateOf(original);
+    stale.history = {historyEvent(K::Failed, 0, "", "stale", 3)};
+    CHECK(describe(applyOne(store, stale).status) == "Conflict");
+  }
+  SECTION("between applied sets of the same batch") {
+    ChangeSet before = updateOf(load(store, other));
+    before.history = {historyEvent(K::Cancelled, 0, "", "applied", 4)};
+    ChangeSet stale = updateOf(original);
+    stale.history = {historyEvent(K::Failed, 0, "", "stale", 5),
+                     historyEvent(K::Failed, 0, "", "stale too", 6)};
+    ChangeSet after = updateOf(load(store, other));
+    after.expectedVersion += 1;
+    after.history = {historyEvent(K::Completed, 0, "", "applied", 7)};
+    std::vector<ChangeSet> batch{before, stale, after};
+    CHECK(describe(applyBatch(store, std::move(batch))) ==
+          describe(std::vector<ApplyResult>{{ApplyStatus::Applied, other},
+                                            {ApplyStatus::Conflict, id},
+                                            {ApplyStatus::Applied, other}}));
+    checkSame(loadHistory(store, other), ofInstance({before.history[0], after.history[0]}, other));
+  }
+  SECTION("an update of an instance that does not exist") {
+    ChangeSet missing = updateOf(original);
+    missing.instance.id = other + 5;
+    missing.history = {historyEvent(K::Failed, 0, "", "nowhere", 8)};
+    CHECK(describe(applyOne(store, missing).status) == "Conflict");
+    CHECK(loadHistory(store, other + 5).empty());
+  }
+
+  checkSame(loadHistory(store, id), expected);
+  // The next applied set appends right after what was there.
+  ChangeSet next = updateOf(load(store, id));
+  next.history = {historyEvent(K::Completed, 0, "", "", 9)};
+  REQUIRE(describe(applyOne(store, next).status) == "Applied");
+  std::vector<HistoryEvent> then = expected;
+  then.push_back(ofInstance(next.history, id)[0]);
+  checkSame(loadHistory(store, id), then);
+}
+
+inline void nextDeadlineIsTheEarliestWaitingDeadline(Store& store) {
+  using S = StepRunStatus;
+  CHECK(describe(nextDeadline(store)) == "none");
+
+  // Waiting without a deadline, and earlier deadlines on runs that do not wait.
+  const InstanceId quiet = create(
+      store, creationWith("Order", 1, InstanceStatus::Waiting,
+                          {runDueAt(1, S::Waiting, std::nullopt), runDueAt(2, S::Completed, at(10)),
+                           runDueAt(3, S::TimedOut, at(20)), runDueAt(4, S::Ready, at(30)),
+                           runDueAt(5, S::Starting, at(40)), runDueAt(6, S::Failed, at(50)),
+                           runDueAt(7, S::Cancelled, at(60))}));
+  CHECK(describe(nextDeadline(store)) == "none");
+
+  const InstanceId a = create(store, creationWith("Order", 1, InstanceStatus::Waiting,
+                                                  {runDueAt(1, S::Waiting, at(3'000)),
+                                                   runDueAt(2, S::Waiting, at(2'000))}));
+  const InstanceId b = create(store, creationWith("Invoice", 2, InstanceStatus::Waiting,
+                                                  {runDueAt(1, S::Waiting, at(2'500))}));
+  CHECK(describe(nextDeadline(store)) == describe(at(2'000)));
+
+  SECTION("it follows updates") {
+    writeRuns(store, a, {runDueAt(2, S::Completed, at(2'000))});
+    CHECK(describe(nextDeadline(store)) == describe(at(2'500)));
+    writeRuns(store, b, {runDueAt(1, S::Waiting, at(4'000))});  // a heartbeat extends it
+    CHECK(describe(nextDeadline(store)) == describe(at(3'000)));
+    writeRuns(store, quiet, {runDueAt(8, S::Waiting, at(1))});
+    CHECK(describe(nextDeadline(store)) == describe(at(1)));
+    writeRuns(store, quiet, {runDueAt(8, S::Waiting, std::nullopt)});
+    CHECK(describe(nextDeadline(store)) == describe(at(3'000)));
+    writeRuns(store, a, {runDueAt(1, S::TimedOut, at(3'000))});
+    writeRuns(store, b, {runDueAt(1, S::Cancelled, at(4'000))});
+    CHECK(describe(nextDeadline(store)) == "none");
+  }
+
+  SECTION("a deadline at or before the epoch is still a deadline") {
+    writeRuns(store, quiet, {runDueAt(8, S::Waiting, Timestamp{})});
+    CHECK(describe(nextDeadline(store)) == describe(Timestamp{}));
+    writeRuns(store, b, {runDueAt(1, S::Waiting, Timestamp{} - std::chrono::microseconds(1))});
+    CHECK(describe(nextDeadline(store)) == describe(Timestamp{} - std::chrono::microseconds(1)));
+  }
+}
+
+inline void listDueReturnsDueWaitingRunsInDeadlineOrder(Store& store) {
+  using S = StepRunStatus;
+  CHECK(listDue(store, at(1'000'000'000), 100).empty());
+
+  // Ties on at(2'000) across instances and within one, written out of key order;
+  // runs that do not wait, or have no deadline, are never due.
+  const InstanceId a = create(
+      store, creationWith("Order", 1, InstanceStatus::Waiting, {runDueAt(1, S::Completed, at(5))}));
+  const InstanceId b = create(
+      store, creationWith("Invoice", 3, InstanceStatus::Waiting, {runDueAt(1, S::Ready, at(5))}));
+  const InstanceId c = create(
+      store, creationWith("Order", 2, InstanceStatus::Waiting, {runDueAt(1, S::Waiting, at(999))}));
+  writeRuns(store, b,
+            {runDueAt(3, S::Waiting, at(3'000)), runDueAt(2, S::TimedOut, at(500)),
+             runDueAt(4, S::Waiting, at(2'000))});
+  writeRuns(store, a,
+            {runDueAt(5, S::Waiting, at(2'000)), runDueAt(4, S::Waiting, std::nullopt),
+             runDueAt(3, S::Starting, at(6)), runDueAt(2, S::Waiting, at(1'000)),
+             runDueAt(6, S::Waiting, at(2'000))});
+  // What is due at at(2'000), deadline first, then (instance, run).
+  const std::vector<StepRunKey> due = {{c, 1}, {a, 2}, {a, 5}, {a, 6}, {b, 4}};
+
+  CHECK(describeKeys(listDue(store, at(2'000), 100)) == describeKeys(due));
+  CHECK(describeKeys(listDue(store, at(2'000) - std::chrono::microseconds(1), 100)) ==
+        describeKeys(std::vector<StepRunKey>(due.begin(), due.begin() + 2)));
+  std::vector<StepRunKey> all = due;
+  all.push_back({b, 3});
+  CHECK(describeKeys(listDue(store, at(3'000), 100)) == describeKeys(all));
+  CHECK(describeKeys(listDue(store, at(1'000'000'000), 100)) == describeKeys(all));
+  CHECK(describeKeys(listDue(store, at(999), 100)) ==
+        describeKeys(std::vector<StepRunKey>{{c, 1}}));
+  CHECK(listDue(store, at(998), 100).empty());
+
+  SECTION("the limit caps the list; full while that many more are due") {
+    for (std::size_t limit : {std::size_t{0}, std::size_t{1}, std::size_t{3}, std::size_t{5},
+                              std::size_t{6}, std::size_t{7}}) {
+      INFO("limit " << limit);
+      const std::vector<StepRunKey> head(
+          all.begin(), all.begin() + static_cast<std::ptrdiff_t>(std::min(limit, all.size())));
+      CHECK(describeKeys(listDue(store, at(3'000), limit)) == describeKeys(head));
+    }
+  }
+
+  SECTION("a run that stops waiting or is extended leaves the list") {
+    writeRuns(store, a, {runDueAt(2, S::TimedOut, at(1'000))});
+    writeRuns(store, c, {runDueAt(1, S::Waiting, at(2'500))});  // a heartbeat
+    CHECK(describeKeys(listDue(store, at(2'000), 100)) ==
+          describeKeys(std::vector<StepRunKey>{{a, 5}, {a, 6}, {b, 4}}));
+  }
+}
+
+inline void findByKeyReturnsWaitingRunsOfOneStepWithTheKey(Store& store) {
+  using S = StepRunStatus;
+  CHECK(findByKey(store, "Order", "Approve", "K-1").empty());
+  const std::string nul("K\0-1", 4);
+  const InstanceId a = create(store, creationWith("Order", 1, InstanceStatus::Waiting,
+                                                  {keyedRun(1, "Approve", S::Waiting, "K-1"),
+                                                   keyedRun(2, "Approve", S::Completed, "K-1"),
+                                                   keyedRun(3, "Approve", S::Waiting, "K-1"),
+                                                   keyedRun(4, "Approve", S::TimedOut, "K-1")}));
+  const InstanceId b = create(store, creationWith("Order", 2, InstanceStatus::Waiting,
+                                                  {keyedRun(1, "Approve", S::Waiting, "K-2"),
+                                                   keyedRun(2, "Ship", S::Waiting, "K-1")}));
+  const InstanceId c = create(store, creationWith("Invoice", 1, InstanceStatus::Waiting,
+                                                  {keyedRun(1, "Approve", S::Waiting, "K-1")}));
+  const InstanceId d = create(store, creationWith("Order", 1, InstanceStatus::Waiting,
+                                                  {keyedRun(1, "Approve", S::Ready, "K-1"),
+                                                   keyedRun(2, "Approve", S::Starting, "K-1")}));
+  const InstanceId e = create(store, creationWith("Orders", 1, InstanceStatus::Waiting,
+                                                  {keyedRun(1, "Approve", S::Waiting, "K-1")}));
+  const InstanceId f = create(
+      store,
+      creationWith(
+          "Order", 3, InstanceStatus::Waiting,
+          {keyedRun(1, "Approve", S::Waiting, "k-1"), keyedRun(2, "Approve", S::Waiting, "K-1 "),
+           keyedRun(3, "Approve", S::Waiting, "K-"), keyedRun(4, "Approve", S::Waiting, nul),
+           keyedRun(5, "Approve", S::Waiting, ""), keyedRun(6, "approve", S::Waiting, "K-1")}));
+  // Written after the others, into the first instance: (instance, run) order, not write order.
+  writeRuns(store, a,
+            {keyedRun(6, "Approve", S::Waiting, "K-1"), keyedRun(5, "Approve", S::Waiting, "K-1")});
+  const std::vector<StepRunKey> k1 = {{a, 1}, {a, 3}, {a, 5}, {a, 6}};
+
+  CHECK(describeKeys(findByKey(store, "Order", "Approve", "K-1")) == describeKeys(k1));
+  CHECK(describeKeys(findByKey(store, "Order", "Approve", "K-2")) ==
+        describeKeys(std::vector<StepRunKey>{{b, 1}}));
+  CHECK(describeKeys(findByKey(store, "Order", "Ship", "K-1")) ==
+        describeKeys(std::vector<StepRunKey>{{b, 2}}));
+  CHECK(describeKeys(findByKey(store, "Invoice", "Approve", "K-1")) ==
+        describeKeys(std::vector<StepRunKey>{{c, 1}}));
+  CHECK(describeKeys(findByKey(store, "Orders", "Approve", "K-1")) ==
+        describeKeys(std::vector<StepRunKey>{{e, 1}}));
+  CHECK(describeKeys(findByKey(store, "Order", "Approve", nul)) ==
+        describeKeys(std::vector<StepRunKey>{{f, 4}}));
+  CHECK(describeKeys(findByKey(store, "Order", "Approve", "K-")) ==
+        describeKeys(std::vector<StepRunKey>{{f, 3}}));
+  CHECK(findByKey(store, "Order", "Approve", "K").empty());    // no prefix match
+  CHECK(findByKey(store, "Order", "Approve", "K-3").empty());  // no such key
+  CHECK(findByKey(store, "Order", "Unknown", "K-1").empty());  // no such step
+  CHECK(findByKey(store, "Ord", "Approve", "K-1").empty());    // process matches exactly
+  CHECK(findByKey(store, "Invoice", "Ship", "K-1").empty());   // another process's step
+  // The empty key means "no key": it finds nothing, not the runs without one.
+  CHECK(findByKey(store, "Order", "Approve", "").empty());
+
+  SECTION("the limit caps the list; the default of 2 tells one from ambiguous") {
+    for (std::size_t limit : {std::size_t{0}, std::size_t{1}, std::size_t{2}, std::size_t{3},
+                              std::size_t{4}, std::size_t{5}}) {
+      INFO("limit " << limit);
+      const std::vector<StepRunKey> head(
+          k1.begin(), k1.begin() + static_cast<std::ptrdiff_t>(std::min(limit, k1.size())));
+      CHECK(describeKeys(findByKey(store, "Order", "Approve", "K-1", limit)) == describeKeys(head));
+    }
+    KeyQuery query;
+    query.process = "Order";
+    query.step = "Approve";
+    query.key = "K-1";
+    CHECK(describeKeys(valueOf(store.findByKey(query), "findByKey")) ==
+          describeKeys(std::vector<StepRunKey>{{a, 1}, {a, 3}}));
+  }
+
+  SECTION("runs enter and leave as they start and stop waiting or change key") {
+    writeRuns(
+        store, a,
+        {keyedRun(1, "Approve", S::Completed, "K-1"), keyedRun(3, "Approve", S::Waiting, "K-9")});
+    writeRuns(store, d, {keyedRun(2, "Approve", S::Waiting, "K-1")});
+    writeRuns(store, b, {keyedRun(1, "Approve", S::Waiting, "K-1")});
+    CHECK(describeKeys(findByKey(store, "Order", "Approve", "K-1")) ==
+          describeKeys(std::vector<StepRunKey>{{a, 5}, {a, 6}, {b, 1}, {d, 2}}));
+    CHECK(describeKeys(findByKey(store, "Order", "Approve", "K-9")) ==
+          describeKeys(std::vector<StepRunKey>{{a, 3}}));
+  }
+}
+
 inline void concurrentCreatesGetDistinctIds(Store& store) {
   std::vector<std::vector<InstanceId>> ids(kThreads);
   std::vector<std::string> errors(kThreads);
@@ -1348,6 +1773,22 @@ inline void checkStoreConformance(const StoreFactory& makeStore) {
   }
   SECTION("listRunning returns Running instances of exactly one process version, paged") {
     run(detail::listRunningReturnsRunningInstancesOfOneVersion);
+  }
+  SECTION("correlation keys round-trip exactly; empty is none") {
+    run(detail::correlationKeysRoundTrip);
+  }
+  SECTION("history is appended in write order, with the set's instance id") {
+    run(detail::historyIsAppendedInWriteOrder);
+  }
+  SECTION("a Conflict appends no history") { run(detail::conflictAppendsNoHistory); }
+  SECTION("nextDeadline is the earliest deadline of a Waiting run") {
+    run(detail::nextDeadlineIsTheEarliestWaitingDeadline);
+  }
+  SECTION("listDue returns due Waiting runs by deadline, then (instance, run), up to limit") {
+    run(detail::listDueReturnsDueWaitingRunsInDeadlineOrder);
+  }
+  SECTION("findByKey returns Waiting runs of exactly one process, step and key") {
+    run(detail::findByKeyReturnsWaitingRunsOfOneStepWithTheKey);
   }
   SECTION("concurrent creates from 4 threads get 400 distinct ids") {
     run(detail::concurrentCreatesGetDistinctIds);
