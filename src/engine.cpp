@@ -78,6 +78,13 @@ class Engine::Impl {
   }
 
   ~Impl() {
+    // The timer first: a timer it fires may queue a continuation for the workers.
+    {
+      std::lock_guard lock(timerMutex_);
+      timerStopping_ = true;
+    }
+    timerWake_.notify_all();
+    if (timer_.joinable()) timer_.join();
     waitIdle();
     {
       std::lock_guard lock(queueMutex_);
@@ -85,12 +92,6 @@ class Engine::Impl {
     }
     queueChanged_.notify_all();
     for (auto& worker : workers_) worker.join();
-    {
-      std::lock_guard lock(timerMutex_);
-      timerStopping_ = true;
-    }
-    timerWake_.notify_all();
-    if (timer_.joinable()) timer_.join();
   }
 
   Result<void> define(const Process& process) {
