@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <iterator>
@@ -24,6 +26,8 @@
 #include <SQLiteCpp/Transaction.h>
 #include <fmt/format.h>
 #include <sqlite3.h>
+
+#include "sqlite_store_probe.hpp"
 
 namespace asyncflow {
 namespace {
@@ -50,6 +54,10 @@ CREATE TABLE asyncflow_migrations (
 
 // The schema, oldest first. Never edit a released migration: append a new one.
 //
+// CHECK constraints spell their allowed values as `x = 'A' OR x = 'B' ...`, not
+// `x IN ('A', 'B', ...)`: SQLite evaluates an IN list through a temporary table
+// built on every statement, which cost the write path about a quarter of its time.
+//
 // Conventions operators can rely on: timestamps are INTEGER microseconds since
 // the Unix epoch (UTC); NULL where the record says "not yet" (never waited, still
 // open, no deadline). Enumerations are stored by name ('Waiting', 'Int64').
@@ -66,7 +74,8 @@ CREATE TABLE instances (
   process         TEXT    NOT NULL,
   process_version INTEGER NOT NULL,
   status          TEXT    NOT NULL
-                  CHECK (status IN ('Running', 'Waiting', 'Completed', 'Failed', 'Cancelled')),
+                  CHECK (status = 'Running' OR status = 'Waiting' OR status = 'Completed'
+                      OR status = 'Failed' OR status = 'Cancelled'),
   version         INTEGER NOT NULL,  -- optimistic-concurrency counter
   current_run     INTEGER NOT NULL,
   last_run        INTEGER NOT NULL,
@@ -82,7 +91,8 @@ CREATE INDEX instances_running ON instances (process, process_version)
 CREATE TABLE fields (
   instance_id INTEGER NOT NULL REFERENCES instances (id),
   name        TEXT    NOT NULL,
-  type        TEXT    NOT NULL CHECK (type IN ('Null', 'Bool', 'Int64', 'Double', 'String')),
+  type        TEXT    NOT NULL CHECK (type = 'Null' OR type = 'Bool' OR type = 'Int64'
+                      OR type = 'Double' OR type = 'String'),
   value,
   PRIMARY KEY (instance_id, name)
 ) WITHOUT ROWID;
@@ -92,9 +102,10 @@ CREATE TABLE step_runs (
   instance_id    INTEGER NOT NULL REFERENCES instances (id),
   run            INTEGER NOT NULL,
   step           TEXT    NOT NULL,
-  kind           TEXT    NOT NULL CHECK (kind IN ('Sync', 'Async')),
-  status         TEXT    NOT NULL CHECK (status IN ('Ready', 'Starting', 'Waiting', 'Completed',
-                                                    'Failed', 'TimedOut', 'Cancelled')),
+  kind           TEXT    NOT NULL CHECK (kind = 'Sync' OR kind = 'Async'),
+  status         TEXT    NOT NULL CHECK (status = 'Ready' OR status = 'Starting' OR status = 'Waiting'
+                      OR status = 'Completed' OR status = 'Failed' OR status = 'TimedOut'
+                      OR status = 'Cancelled'),
   attempt        INTEGER NOT NULL,
   secret         TEXT    NOT NULL,  -- '' for a bare serial
   has_completion INTEGER NOT NULL,  -- 0 or 1
@@ -119,7 +130,8 @@ CREATE TABLE completion_fields (
   instance_id INTEGER NOT NULL,
   run         INTEGER NOT NULL,
   name        TEXT    NOT NULL,
-  type        TEXT    NOT NULL CHECK (type IN ('Null', 'Bool', 'Int64', 'Double', 'String')),
+  type        TEXT    NOT NULL CHECK (type = 'Null' OR type = 'Bool' OR type = 'Int64'
+                      OR type = 'Double' OR type = 'String'),
   value,
   PRIMARY KEY (instance_id, run, name),
   FOREIGN KEY (instance_id, run) REFERENCES step_runs (instance_id, run)
@@ -153,9 +165,10 @@ CREATE TABLE history (
   seq         INTEGER NOT NULL,
   at          INTEGER NOT NULL,
   kind        TEXT    NOT NULL
-              CHECK (kind IN ('Started', 'StepStarted', 'Waiting', 'CompletionRecorded',
-                              'StepCompleted', 'StepFailed', 'TimedOut', 'Heartbeat', 'Retried',
-                              'Completed', 'Failed', 'Cancelled')),
+              CHECK (kind = 'Started' OR kind = 'StepStarted' OR kind = 'Waiting'
+                      OR kind = 'CompletionRecorded' OR kind = 'StepCompleted' OR kind = 'StepFailed'
+                      OR kind = 'TimedOut' OR kind = 'Heartbeat' OR kind = 'Retried'
+                      OR kind = 'Completed' OR kind = 'Failed' OR kind = 'Cancelled'),
   run         INTEGER NOT NULL,  -- 0 for an entry about the instance itself
   step        TEXT    NOT NULL,  -- '' for an entry about the instance itself
   detail      TEXT    NOT NULL,
@@ -562,10 +575,14 @@ std::string waitingSql(bool byProcess, bool byStep) {
 
 class SqliteStore::Impl {
  public:
-  // `db` is open, configured and migrated; prepares every statement once.
-  explicit Impl(SQLite::Database db)
-      : db_(std::move(db)), begin_(db_, "BEGIN IMMEDIATE"), commit_(db_, "COMMIT"),
-        rollback_(db_, "ROLLBACK"),
+  // `db` is open, configured and migrated; `reader`, when given, is a read-only
+  // connection to the same file. Prepares every statement once.
+  Impl(SQLite::Database db, std::unique_ptr<SQLite::Database> reader, std::size_t maxGroupSize)
+      : db_(std::move(db)), reader_(std::move(reader)),
+        readMutex_(reader_ != nullptr ? readerMutex_ : mutex_),
+        maxGroupSize_(std::max<std::size_t>(maxGroupSize, 1)), begin_(db_, "BEGIN IMMEDIATE"),
+        commit_(db_, "COMMIT"), rollback_(db_, "ROLLBACK"), savepoint_(db_, "SAVEPOINT batch"),
+        releaseSavepoint_(db_, "RELEASE batch"), rollbackToSavepoint_(db_, "ROLLBACK TO batch"),
         insertInstance_(db_, fmt::format("INSERT INTO instances ({}, version) VALUES ({}, 1)",
                                          columnList(kInstanceColumnNames), parameters(8))),
         updateInstance_(db_, fmt::format("UPDATE instances SET {}, version = ?9 "
@@ -583,38 +600,42 @@ class SqliteStore::Impl {
         insertCompletion_(db_,
                           "INSERT INTO completion_fields (instance_id, run, name, type, value) "
                           "VALUES (?1, ?2, ?3, ?4, ?5)"),
-        selectInstance_(db_, fmt::format("SELECT {}, i.version, f.name, f.type, f.value "
-                                         "FROM instances AS i LEFT JOIN fields AS f "
-                                         "ON f.instance_id = i.id WHERE i.id = ?1",
-                                         columnList(kInstanceColumnNames, "i"))),
-        selectStepRun_(db_, fmt::format("SELECT {}, c.name, c.type, c.value "
-                                        "FROM step_runs AS r LEFT JOIN completion_fields AS c "
-                                        "ON c.instance_id = r.instance_id AND c.run = r.run "
-                                        "WHERE r.instance_id = ?1 AND r.run = ?2",
-                                        columnList(kRunColumnNames, "r"))),
-        selectWaiting_{SQLite::Statement(db_, waitingSql(false, false)),
-                       SQLite::Statement(db_, waitingSql(false, true)),
-                       SQLite::Statement(db_, waitingSql(true, false)),
-                       SQLite::Statement(db_, waitingSql(true, true))},
-        selectRunning_(db_,
+        selectInstance_(readConnection(),
+                        fmt::format("SELECT {}, i.version, f.name, f.type, f.value "
+                                    "FROM instances AS i LEFT JOIN fields AS f "
+                                    "ON f.instance_id = i.id WHERE i.id = ?1",
+                                    columnList(kInstanceColumnNames, "i"))),
+        selectStepRun_(readConnection(),
+                       fmt::format("SELECT {}, c.name, c.type, c.value "
+                                   "FROM step_runs AS r LEFT JOIN completion_fields AS c "
+                                   "ON c.instance_id = r.instance_id AND c.run = r.run "
+                                   "WHERE r.instance_id = ?1 AND r.run = ?2",
+                                   columnList(kRunColumnNames, "r"))),
+        selectWaiting_{SQLite::Statement(readConnection(), waitingSql(false, false)),
+                       SQLite::Statement(readConnection(), waitingSql(false, true)),
+                       SQLite::Statement(readConnection(), waitingSql(true, false)),
+                       SQLite::Statement(readConnection(), waitingSql(true, true))},
+        selectRunning_(readConnection(),
                        "SELECT id FROM instances WHERE status = 'Running' AND process = ?1 "
                        "AND process_version = ?2 AND id > ?3 ORDER BY id LIMIT ?4"),
-        // seq continues the instance's numbering: a max() on the primary key, one seek.
+        // seq continues the instance's numbering: a max() on the primary key, one
+        // seek. A subquery in VALUES, not INSERT ... SELECT FROM history, which
+        // SQLite would stage in a temporary table on every insert.
         insertHistory_(db_,
                        "INSERT INTO history (instance_id, seq, at, kind, run, step, detail) "
-                       "SELECT ?1, coalesce(max(seq), 0) + 1, ?2, ?3, ?4, ?5, ?6 "
-                       "FROM history WHERE instance_id = ?1"),
-        selectHistory_(db_,
+                       "VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM history "
+                       "WHERE instance_id = ?1), ?2, ?3, ?4, ?5, ?6)"),
+        selectHistory_(readConnection(),
                        "SELECT at, kind, run, step, detail FROM history WHERE instance_id = ?1 "
                        "ORDER BY seq"),
-        selectNextDeadline_(db_,
+        selectNextDeadline_(readConnection(),
                             "SELECT min(deadline) FROM step_runs "
                             "WHERE status = 'Waiting' AND deadline IS NOT NULL"),
-        selectDue_(db_,
+        selectDue_(readConnection(),
                    "SELECT instance_id, run FROM step_runs "
                    "WHERE status = 'Waiting' AND deadline IS NOT NULL AND deadline <= ?1 "
                    "ORDER BY deadline, instance_id, run LIMIT ?2"),
-        selectByKey_(db_,
+        selectByKey_(readConnection(),
                      "SELECT r.instance_id, r.run "
                      "FROM step_runs AS r JOIN instances AS i ON i.id = r.instance_id "
                      "WHERE r.status = 'Waiting' AND r.step = ?2 "
@@ -623,7 +644,7 @@ class SqliteStore::Impl {
 
   Result<InstanceSnapshot> loadInstance(InstanceId id) {
     return mapExceptions("loadInstance", [&]() -> Result<InstanceSnapshot> {
-      std::lock_guard lock(mutex_);
+      std::lock_guard lock(readMutex_);
       // One statement, so the header and the fields come from one snapshot.
       SQLite::Statement& s = selectInstance_;
       Use use(s);
@@ -654,7 +675,7 @@ class SqliteStore::Impl {
 
   Result<StepRunRecord> loadStepRun(InstanceId instance, std::int64_t run) {
     return mapExceptions("loadStepRun", [&]() -> Result<StepRunRecord> {
-      std::lock_guard lock(mutex_);
+      std::lock_guard lock(readMutex_);
       SQLite::Statement& s = selectStepRun_;
       Use use(s);
       s.bind(1, static_cast<std::int64_t>(instance));
@@ -670,24 +691,52 @@ class SqliteStore::Impl {
     });
   }
 
+  // Group commit. The caller queues its batch; the caller at the head of the
+  // queue leads: it writes the batches queued so far (its own first) in one
+  // transaction, hands every caller its result, and wakes the next head, whose
+  // group holds the batches that arrived meanwhile.
   Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) {
-    return mapExceptions("apply (nothing was written)", [&]() -> Result<std::vector<ApplyResult>> {
-      std::lock_guard lock(mutex_);
-      std::vector<ApplyResult> results;
-      results.reserve(batch.size());
-      if (batch.empty()) return results;
-      // The whole batch is one transaction: one commit (one fsync) for all of it,
-      // and any error rolls all of it back.
-      WriteTransaction transaction(*this);
-      for (ChangeSet& set : batch) results.push_back(applySet(set));
-      transaction.commit();
-      return results;
-    });
+    if (batch.empty()) return std::vector<ApplyResult>{};
+    Writer self(batch);
+    std::unique_lock lock(queueMutex_);
+    (tail_ != nullptr ? tail_->next : head_) = &self;
+    tail_ = &self;
+    self.wake.wait(lock, [&] { return self.done || head_ == &self; });
+    if (self.done) return std::move(self.result);
+
+    // The group: this caller and those queued behind it, up to maxGroupSize_.
+    // Callers arriving meanwhile link in after `last`; the group's links hold still.
+    Writer* last = &self;
+    for (std::size_t size = 1; size < maxGroupSize_ && last->next != nullptr; ++size) {
+      last = last->next;
+    }
+    lock.unlock();
+    writeGroup(self, *last);
+    lock.lock();
+    head_ = last->next;
+    if (head_ == nullptr) tail_ = nullptr;
+    for (Writer* writer = &self;;) {
+      Writer* next = writer->next;
+      writer->done = true;
+      // Under the lock: a caller that sees `done` returns and destroys `wake`.
+      writer->wake.notify_one();
+      if (writer == last) break;
+      writer = next;
+    }
+    if (head_ != nullptr) head_->wake.notify_one();
+    return std::move(self.result);
+  }
+
+  std::size_t queuedWrites() {
+    std::lock_guard lock(queueMutex_);
+    std::size_t count = 0;
+    for (const Writer* writer = head_; writer != nullptr; writer = writer->next) ++count;
+    return count;
   }
 
   Result<std::vector<WaitingRow>> listWaiting(const WaitingQuery& query) {
     return mapExceptions("listWaiting", [&]() -> Result<std::vector<WaitingRow>> {
-      std::lock_guard lock(mutex_);
+      std::lock_guard lock(readMutex_);
       const bool byProcess = !query.process.empty();
       const bool byStep = !query.step.empty();
       SQLite::Statement& s = selectWaiting_[(byProcess ? 2 : 0) + (byStep ? 1 : 0)];
@@ -717,7 +766,7 @@ class SqliteStore::Impl {
 
   Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) {
     return mapExceptions("listRunning", [&]() -> Result<std::vector<InstanceId>> {
-      std::lock_guard lock(mutex_);
+      std::lock_guard lock(readMutex_);
       SQLite::Statement& s = selectRunning_;
       Use use(s);
       bindText(s, 1, query.process);
@@ -732,7 +781,7 @@ class SqliteStore::Impl {
 
   Result<std::optional<Timestamp>> nextDeadline() {
     return mapExceptions("nextDeadline", [&]() -> Result<std::optional<Timestamp>> {
-      std::lock_guard lock(mutex_);
+      std::lock_guard lock(readMutex_);
       SQLite::Statement& s = selectNextDeadline_;
       Use use(s);
       std::optional<Timestamp> earliest;
@@ -744,7 +793,7 @@ class SqliteStore::Impl {
 
   Result<std::vector<StepRunKey>> listDue(Timestamp now, std::size_t limit) {
     return mapExceptions("listDue", [&]() -> Result<std::vector<StepRunKey>> {
-      std::lock_guard lock(mutex_);
+      std::lock_guard lock(readMutex_);
       SQLite::Statement& s = selectDue_;
       Use use(s);
       bindTime(s, 1, now);
@@ -755,7 +804,7 @@ class SqliteStore::Impl {
 
   Result<std::vector<StepRunKey>> findByKey(const KeyQuery& query) {
     return mapExceptions("findByKey", [&]() -> Result<std::vector<StepRunKey>> {
-      std::lock_guard lock(mutex_);
+      std::lock_guard lock(readMutex_);
       // The empty key means "no key" (stored as NULL): it names no run.
       if (query.key.empty()) return std::vector<StepRunKey>{};
       SQLite::Statement& s = selectByKey_;
@@ -770,7 +819,7 @@ class SqliteStore::Impl {
 
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) {
     return mapExceptions("loadHistory", [&]() -> Result<std::vector<HistoryEvent>> {
-      std::lock_guard lock(mutex_);
+      std::lock_guard lock(readMutex_);
       SQLite::Statement& s = selectHistory_;
       Use use(s);
       s.bind(1, static_cast<std::int64_t>(id));
@@ -791,6 +840,86 @@ class SqliteStore::Impl {
   }
 
  private:
+  // A caller of apply() in the commit queue, on its own stack. The leader writes
+  // `result`, then sets `done` under queueMutex_; the caller reads `result` after
+  // seeing `done`.
+  struct Writer {
+    explicit Writer(std::vector<ChangeSet>& sets) : batch(sets) {}
+    std::vector<ChangeSet>& batch;
+    Writer* next = nullptr;  // the caller queued behind; guarded by queueMutex_
+    Result<std::vector<ApplyResult>> result;
+    bool done = false;
+    std::condition_variable wake;  // done, or this caller now heads the queue
+  };
+
+  static constexpr std::string_view kApply = "apply (nothing was written)";
+
+  // Writes the batches of writers first..last in one transaction, setting each
+  // one's result. Alone, a batch is the transaction. Together, each batch is a
+  // savepoint: an error rolls back that batch only; a failed COMMIT fails all.
+  // noexcept: an exception here would strand the group's callers.
+  void writeGroup(Writer& first, Writer& last) noexcept {
+    std::lock_guard lock(mutex_);
+    if (&first == &last) {
+      Writer& writer = first;
+      writer.result = mapExceptions(kApply, [&]() -> Result<std::vector<ApplyResult>> {
+        WriteTransaction transaction(*this);
+        std::vector<ApplyResult> results = applySets(writer.batch);
+        transaction.commit();
+        return results;
+      });
+      return;
+    }
+    const Result<void> committed = mapExceptions(kApply, [&]() -> Result<void> {
+      WriteTransaction transaction(*this);
+      for (Writer* writer = &first;; writer = writer->next) {
+        writer->result = mapExceptions(kApply, [&] { return applyInSavepoint(writer->batch); });
+        // An I/O error, a full disk or a trigger's RAISE(ROLLBACK) can make SQLite
+        // roll back the whole transaction: then no batch of the group is written.
+        if (!writer->result && sqlite3_get_autocommit(db_.getHandle()) != 0) {
+          return tl::unexpected(writer->result.error());
+        }
+        if (writer == &last) break;
+      }
+      transaction.commit();
+      return {};
+    });
+    if (!committed) {
+      for (Writer* writer = &first;; writer = writer->next) {
+        writer->result = tl::unexpected(committed.error());
+        if (writer == &last) break;
+      }
+    }
+  }
+
+  // The batch's sets inside SAVEPOINT batch: released when every set was
+  // written or found in conflict, rolled back to and released when one throws.
+  Result<std::vector<ApplyResult>> applyInSavepoint(std::vector<ChangeSet>& batch) {
+    run(savepoint_);
+    try {
+      std::vector<ApplyResult> results = applySets(batch);
+      run(releaseSavepoint_);
+      return results;
+    } catch (...) {
+      // Undo the batch's writes. If that fails while the transaction lives on,
+      // roll it all back rather than commit half a batch: writeGroup then fails
+      // the group. When SQLite already rolled it back, these fail harmlessly.
+      const bool undone = rollbackToSavepoint_.tryExecuteStep() == SQLITE_DONE;
+      rollbackToSavepoint_.tryReset();
+      SQLite::Statement& end = undone ? releaseSavepoint_ : rollback_;
+      end.tryExecuteStep();
+      end.tryReset();
+      throw;
+    }
+  }
+
+  std::vector<ApplyResult> applySets(std::vector<ChangeSet>& batch) {
+    std::vector<ApplyResult> results;
+    results.reserve(batch.size());
+    for (ChangeSet& set : batch) results.push_back(applySet(set));
+    return results;
+  }
+
   // One use of a cached statement: on exit, also by exception, resets it (so no
   // statement keeps a read transaction open) and drops its parameters.
   class Use {
@@ -971,12 +1100,29 @@ class SqliteStore::Impl {
     record.completion.set(name, std::move(value));
   }
 
-  // Declaration order matters: the statements are finalised before db_ closes.
+  // The connection the reads use.
+  SQLite::Database& readConnection() { return reader_ != nullptr ? *reader_ : db_; }
+
+  // Declaration order matters: the statements are finalised before the
+  // connections close, and reader_ closes before db_, which checkpoints the WAL.
   SQLite::Database db_;
-  std::mutex mutex_;  // serialises every use of db_ and the statements
+  // Null for a memory or temporary database: then reads use db_.
+  std::unique_ptr<SQLite::Database> reader_;
+  std::mutex mutex_;        // serialises every use of db_ and its statements
+  std::mutex readerMutex_;  // serialises every use of reader_ and its statements
+  std::mutex& readMutex_;   // what a read locks: readerMutex_, or mutex_ without reader_
+  const std::size_t maxGroupSize_;
+  // The commit queue: callers of apply() linked through Writer::next, the
+  // leader first. queueMutex_ guards head_, tail_ and the writers' next and done.
+  std::mutex queueMutex_;
+  Writer* head_ = nullptr;
+  Writer* tail_ = nullptr;
   SQLite::Statement begin_;
   SQLite::Statement commit_;
   SQLite::Statement rollback_;
+  SQLite::Statement savepoint_;
+  SQLite::Statement releaseSavepoint_;
+  SQLite::Statement rollbackToSavepoint_;
   SQLite::Statement insertInstance_;
   SQLite::Statement updateInstance_;
   SQLite::Statement upsertField_;
@@ -1009,8 +1155,19 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
     if (!configured) return tl::unexpected(configured.error());
     auto migrated = migrate(db, path, *identified);
     if (!migrated) return tl::unexpected(migrated.error());
+    // A file database gets a second, read-only connection for the reads: in WAL
+    // mode it reads the last commit while the first connection writes and syncs
+    // the next. A memory or temporary database has no file to share.
+    std::unique_ptr<SQLite::Database> reader;
+    const char* file = sqlite3_db_filename(db.getHandle(), "main");
+    if (file != nullptr && *file != '\0') {
+      reader =
+          std::make_unique<SQLite::Database>(file, SQLite::OPEN_READONLY | SQLite::OPEN_NOMUTEX);
+      reader->setBusyTimeout(static_cast<int>(timeout));
+    }
     // The constructor is private, so make_unique cannot reach it.
-    return std::unique_ptr<SqliteStore>(new SqliteStore(std::make_unique<Impl>(std::move(db))));
+    return std::unique_ptr<SqliteStore>(new SqliteStore(
+        std::make_unique<Impl>(std::move(db), std::move(reader), options.maxGroupSize)));
   } catch (const SQLite::Exception& e) {
     if (isNotADatabase(e)) {
       return fail(Errc::StoreError, fmt::format("{} is not a database ({})", path, e.what()));
@@ -1026,6 +1183,10 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
 }
 
 SqliteStore::SqliteStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+std::size_t SqliteStoreProbe::queuedWrites(SqliteStore& store) {
+  return store.impl_->queuedWrites();
+}
 SqliteStore::~SqliteStore() = default;
 
 int SqliteStore::schemaVersion() noexcept {

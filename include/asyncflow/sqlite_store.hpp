@@ -6,6 +6,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -31,13 +32,24 @@ struct SqliteOptions {
   // How long a call waits for another connection's lock before it fails with
   // StoreError. Default: 5 s.
   std::chrono::milliseconds busyTimeout{5000};
+  // Group commit: at most this many apply() calls share one transaction (one
+  // fsync). Calls that arrive while a commit is in flight wait and form the next
+  // group; a lone caller never waits for company. 1 (or 0) turns grouping off.
+  // Default: 256.
+  std::size_t maxGroupSize = 256;
 };
 
 // A Store in one SQLite database file, in WAL mode, with a versioned schema.
 //
-// Thread-safe: calls are serialised on one connection. Every error is a
-// StoreError that leaves the database as it was. Operators can read it with the
-// sqlite3 shell: tables instances, fields, step_runs, history, and the view waiting_steps.
+// Thread-safe. Writes go through one connection with group commit: concurrent
+// apply() calls share one transaction, each call's batch in its own savepoint,
+// so a batch stays all-or-nothing and its SQL error fails only its own call. A
+// failed COMMIT (or an error after which SQLite rolls back the whole transaction,
+// like a full disk) fails every call of the group. Reads of a file database use a
+// second, read-only connection, so they do not wait behind a commit's fsync.
+// Every error is a StoreError that leaves the database as it was. Operators can
+// read it with the sqlite3 shell: tables instances, fields, step_runs, history,
+// and the view waiting_steps.
 class SqliteStore final : public Store {
  public:
   // Opens (creating if absent) the database at `path` and migrates its schema to
@@ -65,6 +77,7 @@ class SqliteStore final : public Store {
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) override;
 
  private:
+  friend class SqliteStoreProbe;  // tests observe the commit queue (src/sqlite_store_probe.hpp)
   class Impl;
   explicit SqliteStore(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
