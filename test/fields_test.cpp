@@ -28,9 +28,9 @@ using asyncflow::testing::errorOf;
 
 // Every code, in declaration order.
 const std::vector<Errc> kAllCodes = {
-    Errc::InvalidArgument,  Errc::InvalidProcess, Errc::InvalidSerial, Errc::NotFound,
-    Errc::AlreadyCompleted, Errc::TimedOut,       Errc::StepFailed,    Errc::Cancelled,
-    Errc::InvalidField,     Errc::StoreError,     Errc::Conflict,      Errc::Internal,
+    Errc::InvalidArgument,   Errc::InvalidProcess, Errc::InvalidSerial, Errc::NotFound,
+    Errc::AlreadyCompleted,  Errc::TimedOut,       Errc::StepFailed,    Errc::Cancelled,
+    Errc::InvalidField,      Errc::StoreError,     Errc::Conflict,      Errc::Internal,
     Errc::ProcessNotDefined, Errc::AmbiguousKey,
 };
 

@@ -24,6 +24,8 @@
 
 namespace {
 
+using asyncflow::testing::TempDir;
+
 using namespace asyncflow;
 namespace fs = std::filesystem;
 using asyncflow::testing::contains;
@@ -33,35 +35,6 @@ using asyncflow::testing::SyncCountingVfs;
 using ApplyOutcome = Result<std::vector<ApplyResult>>;
 
 const Timestamp kT0 = Timestamp(std::chrono::seconds(1'700'000'000));
-
-// A fresh directory under the system's temp directory, removed with everything
-// in it when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    std::random_device random;
-    for (;;) {
-      const fs::path candidate =
-          fs::temp_directory_path() /
-          ("asyncflow-group-commit-test-" + std::to_string(random()) + std::to_string(random()));
-      if (fs::create_directory(candidate)) {
-        path_ = candidate;
-        return;
-      }
-    }
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 // A store whose writers wait up to a minute for a lock held elsewhere: long
 // enough for any test to queue its callers behind the waiting leader.

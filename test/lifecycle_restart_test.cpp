@@ -48,29 +48,7 @@ using std::chrono::minutes;
 
 namespace {
 
-// A fresh directory under the system temp dir, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    const auto base = std::filesystem::temp_directory_path();
-    for (int i = 0;; ++i) {
-      path_ = base / ("asyncflow_lifecycle_restart_" + std::to_string(::getpid()) + "_" +
-                      std::to_string(i));
-      if (std::filesystem::create_directory(path_)) break;
-    }
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using asyncflow::testing::TempDir;
 
 // One database file plus the clock and random source that both engines of a
 // test share, so that B continues A's timeline and never repeats A's secrets.

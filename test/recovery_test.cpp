@@ -20,27 +20,9 @@ using namespace asyncflow;
 
 namespace {
 
+using asyncflow::testing::TempDir;
+
 constexpr int kCrashed = 42;
-
-// A fresh directory under the system temp dir, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    const auto base = std::filesystem::temp_directory_path();
-    for (int i = 0;; ++i) {
-      path_ = base / ("asyncflow_recovery_" + std::to_string(::getpid()) + "_" + std::to_string(i));
-      if (std::filesystem::create_directory(path_)) break;
-    }
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
 
 // Runs `body` in a forked child and returns its exit code. The child never
 // returns into the test framework: it ends with _exit, as a crash would.

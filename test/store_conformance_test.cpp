@@ -19,8 +19,11 @@
 #include "asyncflow/store.hpp"
 #include "catch.hpp"
 #include "printers.hpp"
+#include "test_support.hpp"
 
 namespace {
+
+using asyncflow::testing::TempDir;
 
 using asyncflow::ApplyResult;
 using asyncflow::ApplyStatus;
@@ -32,31 +35,6 @@ using asyncflow::StoreWrapper;
 using asyncflow::testing::checkStoreConformance;
 
 namespace fs = std::filesystem;
-
-// A new directory under the system's temp directory, removed with its contents.
-class TempDir {
- public:
-  TempDir() {
-    std::random_device entropy;
-    for (int attempt = 0; attempt < 100; ++attempt) {
-      path_ = fs::temp_directory_path() /
-              ("asyncflow-conformance-" + std::to_string(entropy()) + std::to_string(attempt));
-      if (fs::create_directory(path_)) return;
-    }
-    FAIL("could not create a temp directory under " << fs::temp_directory_path());
-  }
-  ~TempDir() {
-    std::error_code ignored;  // best effort: a leftover temp dir fails no test
-    fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 // Counts apply() calls, overriding only apply() and passing the rest through.
 class CountingStore final : public StoreWrapper {
