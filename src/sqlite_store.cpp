@@ -458,6 +458,9 @@ Result<int> identify(SQLite::Database& db, const std::string& path) {
 
 Result<void> configure(SQLite::Database& db, const std::string& path,
                        const SqliteOptions& options) {
+  // Takes effect only while the file is empty (before journal_mode writes its
+  // header); an existing file keeps its page size.
+  db.exec(fmt::format("PRAGMA page_size = {}", options.pageSize));
   const std::string mode = db.execAndGet("PRAGMA journal_mode = WAL").getString();
   // ":memory:" databases cannot use WAL and keep their "memory" journal.
   if (mode != "wal" && mode != "memory") {
@@ -569,6 +572,52 @@ std::string waitingSql(bool byProcess, bool byStep) {
       byProcess ? " AND i.process = ?3" : "", byStep ? " AND r.step = ?4" : "");
 }
 
+// The read statements, prepared on one connection.
+struct Reads {
+  explicit Reads(SQLite::Database& db)
+      : instance(db, fmt::format("SELECT {}, i.version, f.name, f.type, f.value "
+                                 "FROM instances AS i LEFT JOIN fields AS f "
+                                 "ON f.instance_id = i.id WHERE i.id = ?1",
+                                 columnList(kInstanceColumnNames, "i"))),
+        stepRun(db, fmt::format("SELECT {}, c.name, c.type, c.value "
+                                "FROM step_runs AS r LEFT JOIN completion_fields AS c "
+                                "ON c.instance_id = r.instance_id AND c.run = r.run "
+                                "WHERE r.instance_id = ?1 AND r.run = ?2",
+                                columnList(kRunColumnNames, "r"))),
+        waiting{SQLite::Statement(db, waitingSql(false, false)),
+                SQLite::Statement(db, waitingSql(false, true)),
+                SQLite::Statement(db, waitingSql(true, false)),
+                SQLite::Statement(db, waitingSql(true, true))},
+        running(db,
+                "SELECT id FROM instances WHERE status = 'Running' AND process = ?1 "
+                "AND process_version = ?2 AND id > ?3 ORDER BY id LIMIT ?4"),
+        history(db,
+                "SELECT at, kind, run, step, detail FROM history WHERE instance_id = ?1 "
+                "ORDER BY seq"),
+        nextDeadline(db,
+                     "SELECT min(deadline) FROM step_runs "
+                     "WHERE status = 'Waiting' AND deadline IS NOT NULL"),
+        due(db,
+            "SELECT instance_id, run FROM step_runs "
+            "WHERE status = 'Waiting' AND deadline IS NOT NULL AND deadline <= ?1 "
+            "ORDER BY deadline, instance_id, run LIMIT ?2"),
+        byKey(db,
+              "SELECT r.instance_id, r.run "
+              "FROM step_runs AS r JOIN instances AS i ON i.id = r.instance_id "
+              "WHERE r.status = 'Waiting' AND r.step = ?2 "
+              "AND r.correlation_key IS NOT NULL AND r.correlation_key = ?3 "
+              "AND i.process = ?1 ORDER BY r.instance_id, r.run LIMIT ?4") {}
+
+  SQLite::Statement instance;
+  SQLite::Statement stepRun;
+  SQLite::Statement waiting[4];  // index: (by process ? 2 : 0) + (by step ? 1 : 0)
+  SQLite::Statement running;
+  SQLite::Statement history;
+  SQLite::Statement nextDeadline;
+  SQLite::Statement due;
+  SQLite::Statement byKey;
+};
+
 }  // namespace
 
 // --- the store ------------------------------------------------------------------------
@@ -579,7 +628,6 @@ class SqliteStore::Impl {
   // connection to the same file. Prepares every statement once.
   Impl(SQLite::Database db, std::unique_ptr<SQLite::Database> reader, std::size_t maxGroupSize)
       : db_(std::move(db)), reader_(std::move(reader)),
-        readMutex_(reader_ != nullptr ? readerMutex_ : mutex_),
         maxGroupSize_(std::max<std::size_t>(maxGroupSize, 1)), begin_(db_, "BEGIN IMMEDIATE"),
         commit_(db_, "COMMIT"), rollback_(db_, "ROLLBACK"), savepoint_(db_, "SAVEPOINT batch"),
         releaseSavepoint_(db_, "RELEASE batch"), rollbackToSavepoint_(db_, "ROLLBACK TO batch"),
@@ -600,24 +648,6 @@ class SqliteStore::Impl {
         insertCompletion_(db_,
                           "INSERT INTO completion_fields (instance_id, run, name, type, value) "
                           "VALUES (?1, ?2, ?3, ?4, ?5)"),
-        selectInstance_(readConnection(),
-                        fmt::format("SELECT {}, i.version, f.name, f.type, f.value "
-                                    "FROM instances AS i LEFT JOIN fields AS f "
-                                    "ON f.instance_id = i.id WHERE i.id = ?1",
-                                    columnList(kInstanceColumnNames, "i"))),
-        selectStepRun_(readConnection(),
-                       fmt::format("SELECT {}, c.name, c.type, c.value "
-                                   "FROM step_runs AS r LEFT JOIN completion_fields AS c "
-                                   "ON c.instance_id = r.instance_id AND c.run = r.run "
-                                   "WHERE r.instance_id = ?1 AND r.run = ?2",
-                                   columnList(kRunColumnNames, "r"))),
-        selectWaiting_{SQLite::Statement(readConnection(), waitingSql(false, false)),
-                       SQLite::Statement(readConnection(), waitingSql(false, true)),
-                       SQLite::Statement(readConnection(), waitingSql(true, false)),
-                       SQLite::Statement(readConnection(), waitingSql(true, true))},
-        selectRunning_(readConnection(),
-                       "SELECT id FROM instances WHERE status = 'Running' AND process = ?1 "
-                       "AND process_version = ?2 AND id > ?3 ORDER BY id LIMIT ?4"),
         // seq continues the instance's numbering: a max() on the primary key, one
         // seek. A subquery in VALUES, not INSERT ... SELECT FROM history, which
         // SQLite would stage in a temporary table on every insert.
@@ -625,28 +655,14 @@ class SqliteStore::Impl {
                        "INSERT INTO history (instance_id, seq, at, kind, run, step, detail) "
                        "VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM history "
                        "WHERE instance_id = ?1), ?2, ?3, ?4, ?5, ?6)"),
-        selectHistory_(readConnection(),
-                       "SELECT at, kind, run, step, detail FROM history WHERE instance_id = ?1 "
-                       "ORDER BY seq"),
-        selectNextDeadline_(readConnection(),
-                            "SELECT min(deadline) FROM step_runs "
-                            "WHERE status = 'Waiting' AND deadline IS NOT NULL"),
-        selectDue_(readConnection(),
-                   "SELECT instance_id, run FROM step_runs "
-                   "WHERE status = 'Waiting' AND deadline IS NOT NULL AND deadline <= ?1 "
-                   "ORDER BY deadline, instance_id, run LIMIT ?2"),
-        selectByKey_(readConnection(),
-                     "SELECT r.instance_id, r.run "
-                     "FROM step_runs AS r JOIN instances AS i ON i.id = r.instance_id "
-                     "WHERE r.status = 'Waiting' AND r.step = ?2 "
-                     "AND r.correlation_key IS NOT NULL AND r.correlation_key = ?3 "
-                     "AND i.process = ?1 ORDER BY r.instance_id, r.run LIMIT ?4") {}
+        writerReads_(db_),
+        readerReads_(reader_ != nullptr ? std::make_unique<Reads>(*reader_) : nullptr) {}
 
   Result<InstanceSnapshot> loadInstance(InstanceId id) {
     return mapExceptions("loadInstance", [&]() -> Result<InstanceSnapshot> {
-      std::lock_guard lock(readMutex_);
+      ReadLease lease(*this);
       // One statement, so the header and the fields come from one snapshot.
-      SQLite::Statement& s = selectInstance_;
+      SQLite::Statement& s = lease.reads().instance;
       Use use(s);
       s.bind(1, static_cast<std::int64_t>(id));
       if (!s.executeStep()) return fail(Errc::NotFound, fmt::format("no instance {}", id));
@@ -675,8 +691,8 @@ class SqliteStore::Impl {
 
   Result<StepRunRecord> loadStepRun(InstanceId instance, std::int64_t run) {
     return mapExceptions("loadStepRun", [&]() -> Result<StepRunRecord> {
-      std::lock_guard lock(readMutex_);
-      SQLite::Statement& s = selectStepRun_;
+      ReadLease lease(*this);
+      SQLite::Statement& s = lease.reads().stepRun;
       Use use(s);
       s.bind(1, static_cast<std::int64_t>(instance));
       s.bind(2, run);
@@ -736,10 +752,10 @@ class SqliteStore::Impl {
 
   Result<std::vector<WaitingRow>> listWaiting(const WaitingQuery& query) {
     return mapExceptions("listWaiting", [&]() -> Result<std::vector<WaitingRow>> {
-      std::lock_guard lock(readMutex_);
+      ReadLease lease(*this);
       const bool byProcess = !query.process.empty();
       const bool byStep = !query.step.empty();
-      SQLite::Statement& s = selectWaiting_[(byProcess ? 2 : 0) + (byStep ? 1 : 0)];
+      SQLite::Statement& s = lease.reads().waiting[(byProcess ? 2 : 0) + (byStep ? 1 : 0)];
       Use use(s);
       s.bind(1, static_cast<std::int64_t>(query.afterInstance));
       s.bind(2, query.afterRun);
@@ -766,8 +782,8 @@ class SqliteStore::Impl {
 
   Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) {
     return mapExceptions("listRunning", [&]() -> Result<std::vector<InstanceId>> {
-      std::lock_guard lock(readMutex_);
-      SQLite::Statement& s = selectRunning_;
+      ReadLease lease(*this);
+      SQLite::Statement& s = lease.reads().running;
       Use use(s);
       bindText(s, 1, query.process);
       s.bind(2, query.processVersion);
@@ -781,8 +797,8 @@ class SqliteStore::Impl {
 
   Result<std::optional<Timestamp>> nextDeadline() {
     return mapExceptions("nextDeadline", [&]() -> Result<std::optional<Timestamp>> {
-      std::lock_guard lock(readMutex_);
-      SQLite::Statement& s = selectNextDeadline_;
+      ReadLease lease(*this);
+      SQLite::Statement& s = lease.reads().nextDeadline;
       Use use(s);
       std::optional<Timestamp> earliest;
       // An aggregate always answers one row: NULL when no waiting run has a deadline.
@@ -793,8 +809,8 @@ class SqliteStore::Impl {
 
   Result<std::vector<StepRunKey>> listDue(Timestamp now, std::size_t limit) {
     return mapExceptions("listDue", [&]() -> Result<std::vector<StepRunKey>> {
-      std::lock_guard lock(readMutex_);
-      SQLite::Statement& s = selectDue_;
+      ReadLease lease(*this);
+      SQLite::Statement& s = lease.reads().due;
       Use use(s);
       bindTime(s, 1, now);
       s.bind(2, limitOf(limit));
@@ -804,10 +820,10 @@ class SqliteStore::Impl {
 
   Result<std::vector<StepRunKey>> findByKey(const KeyQuery& query) {
     return mapExceptions("findByKey", [&]() -> Result<std::vector<StepRunKey>> {
-      std::lock_guard lock(readMutex_);
       // The empty key means "no key" (stored as NULL): it names no run.
       if (query.key.empty()) return std::vector<StepRunKey>{};
-      SQLite::Statement& s = selectByKey_;
+      ReadLease lease(*this);
+      SQLite::Statement& s = lease.reads().byKey;
       Use use(s);
       bindText(s, 1, query.process);
       bindText(s, 2, query.step);
@@ -819,8 +835,8 @@ class SqliteStore::Impl {
 
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) {
     return mapExceptions("loadHistory", [&]() -> Result<std::vector<HistoryEvent>> {
-      std::lock_guard lock(readMutex_);
-      SQLite::Statement& s = selectHistory_;
+      ReadLease lease(*this);
+      SQLite::Statement& s = lease.reads().history;
       Use use(s);
       s.bind(1, static_cast<std::int64_t>(id));
       std::vector<HistoryEvent> events;
@@ -1100,8 +1116,31 @@ class SqliteStore::Impl {
     record.completion.set(name, std::move(value));
   }
 
-  // The connection the reads use.
-  SQLite::Database& readConnection() { return reader_ != nullptr ? *reader_ : db_; }
+  // A read's hold on one connection and its statements. It takes the writing
+  // connection when no commit holds it: that connection wrote the latest pages
+  // itself, so its page cache is warm, while the reader's cache is dropped by
+  // every commit it did not make. Under a commit it takes the read-only
+  // connection, so a read never waits for a commit's fsync.
+  class ReadLease {
+   public:
+    explicit ReadLease(Impl& impl) : writer_(impl.mutex_, std::try_to_lock) {
+      if (writer_.owns_lock()) {
+        reads_ = &impl.writerReads_;
+      } else if (impl.readerReads_ == nullptr) {
+        writer_.lock();
+        reads_ = &impl.writerReads_;
+      } else {
+        reader_ = std::unique_lock(impl.readerMutex_);
+        reads_ = impl.readerReads_.get();
+      }
+    }
+    Reads& reads() { return *reads_; }
+
+   private:
+    std::unique_lock<std::mutex> writer_;
+    std::unique_lock<std::mutex> reader_;
+    Reads* reads_ = nullptr;
+  };
 
   // Declaration order matters: the statements are finalised before the
   // connections close, and reader_ closes before db_, which checkpoints the WAL.
@@ -1110,7 +1149,6 @@ class SqliteStore::Impl {
   std::unique_ptr<SQLite::Database> reader_;
   std::mutex mutex_;        // serialises every use of db_ and its statements
   std::mutex readerMutex_;  // serialises every use of reader_ and its statements
-  std::mutex& readMutex_;   // what a read locks: readerMutex_, or mutex_ without reader_
   const std::size_t maxGroupSize_;
   // The commit queue: callers of apply() linked through Writer::next, the
   // leader first. queueMutex_ guards head_, tail_ and the writers' next and done.
@@ -1129,19 +1167,19 @@ class SqliteStore::Impl {
   SQLite::Statement upsertStepRun_;
   SQLite::Statement deleteCompletion_;
   SQLite::Statement insertCompletion_;
-  SQLite::Statement selectInstance_;
-  SQLite::Statement selectStepRun_;
-  SQLite::Statement selectWaiting_[4];  // index: (by process ? 2 : 0) + (by step ? 1 : 0)
-  SQLite::Statement selectRunning_;
   SQLite::Statement insertHistory_;
-  SQLite::Statement selectHistory_;
-  SQLite::Statement selectNextDeadline_;
-  SQLite::Statement selectDue_;
-  SQLite::Statement selectByKey_;
+  Reads writerReads_;                   // on db_, guarded by mutex_
+  std::unique_ptr<Reads> readerReads_;  // on reader_ (null without it), guarded by readerMutex_
 };
 
 Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
                                                        SqliteOptions options) {
+  const int pageSize = options.pageSize;
+  if (pageSize < 512 || pageSize > 65536 || (pageSize & (pageSize - 1)) != 0) {
+    return fail(Errc::InvalidArgument,
+                fmt::format("cannot open {}: page size {} is not a power of two from 512 to 65536",
+                            path, pageSize));
+  }
   try {
     // NOMUTEX: the store's own mutex serialises every use of the connection.
     SQLite::Database db(path, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE | SQLite::OPEN_NOMUTEX);

@@ -184,7 +184,7 @@ TEST_CASE("define rejects a line to an unknown step, naming it") {
   CHECK(contains(message, "'Nowhere'"));
 }
 
-TEST_CASE("define rejects a name and version already defined; the first stays in use") {
+TEST_CASE("define rejects a name and version already defined, the first stays in use") {
   Fixture f;
   std::vector<std::string> ran;
   Process first("Twice", 3);

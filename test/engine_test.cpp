@@ -885,7 +885,7 @@ TEST_CASE("recovery re-runs a step left mid-way, with the same serial and a high
   SECTION("recover() finds nothing more to do") { CHECK(engine.recover().value() == 0); }
 }
 
-TEST_CASE("recover() re-drives every defined process; recoverOnDefine can be turned off") {
+TEST_CASE("recover() re-drives every defined process, recoverOnDefine can be turned off") {
   // The store fails the step's own commit (the second apply, after start's):
   // the run is left Starting, as a crash mid-step would leave it.
   struct FailSecondApply final : StoreWrapper {

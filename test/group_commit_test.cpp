@@ -238,7 +238,7 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("a lone caller commits once per batch; callers queued behind a commit share one") {
+TEST_CASE("a lone caller commits once per batch, callers queued behind a commit share one") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   SyncCountingVfs::Installed counting;  // at synchronous=FULL, one WAL sync per commit

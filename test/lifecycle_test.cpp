@@ -153,7 +153,7 @@ TEST_CASE("the timer thread sleeps until the earliest deadline and fires it") {
   CHECK(engine.instance(id).value().currentStep == "Escalate");
 }
 
-TEST_CASE("failServerEvent fails the step; the error line or the instance failure follows") {
+TEST_CASE("failServerEvent fails the step, the error line or the instance failure follows") {
   Harness h;
   Flow flow;
   Engine engine(h.store, h.options());
@@ -301,7 +301,7 @@ TEST_CASE("retry re-runs the failed step with a new serial and a higher attempt"
   }
 }
 
-TEST_CASE("a timed-out step can be retried; its old serial keeps answering TimedOut") {
+TEST_CASE("a timed-out step can be retried, its old serial keeps answering TimedOut") {
   Harness h;
   Flow flow;
   flow.configure = [](AsyncStep& s) { s.timeout(5min); };
@@ -386,7 +386,7 @@ TEST_CASE("a listener and a log sink hear of every durable transition") {
   }
 }
 
-TEST_CASE("versions: start uses the newest; a waiting instance resumes on its own") {
+TEST_CASE("versions: start uses the newest, a waiting instance resumes on its own") {
   Harness h;
   std::vector<std::string> ran;
   std::string serial;

@@ -43,7 +43,7 @@ InstanceId create(MemoryStore& store) {
 
 }  // namespace
 
-TEST_CASE("MemoryStore assigns consecutive ids; a conflict consumes none") {
+TEST_CASE("MemoryStore assigns consecutive ids, a conflict consumes none") {
   MemoryStore store;
   CHECK(create(store) == 1);
 

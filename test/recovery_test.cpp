@@ -260,7 +260,7 @@ TEST_CASE("an early completion recorded before a crash is applied when the re-ru
   CHECK(done.fields.get<std::string>("Status") == std::string("Early"));
 }
 
-TEST_CASE("10,000 waiting steps survive the engine; a new engine completes every one") {
+TEST_CASE("10,000 waiting steps survive the engine, a new engine completes every one") {
   constexpr int kInstances = 10'000;
   TempDir dir;
   const std::string db = dir.file("workflows.db");

@@ -290,6 +290,38 @@ TEST_CASE("the journal is WAL, and synchronous is FULL by default and NORMAL whe
   }
 }
 
+TEST_CASE("a new file gets the page size asked for, an existing file keeps its own") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  const auto pageSizeOf = [&] { return connect(path).execAndGet("PRAGMA page_size").getInt(); };
+
+  SECTION("default: 1 KiB pages") {
+    openStore(path);
+    CHECK(pageSizeOf() == 1024);
+  }
+  SECTION("a chosen size is used for a new file and ignored when it is reopened") {
+    SqliteOptions options;
+    options.pageSize = 4096;
+    createEach(*openStore(path, options), 3);
+    CHECK(pageSizeOf() == 4096);
+    auto reopened = openStore(path);  // default 1024: the file keeps 4096
+    CHECK(load(*reopened, 3).record.id == 3);
+    CHECK(pageSizeOf() == 4096);
+  }
+  SECTION("a size that is not a power of two from 512 to 65536 is refused, creating nothing") {
+    for (const int bad : {0, -1024, 256, 1000, 131072}) {
+      CAPTURE(bad);
+      SqliteOptions options;
+      options.pageSize = bad;
+      auto store = SqliteStore::open(path, options);
+      REQUIRE_FALSE(store);
+      CHECK(store.error().code == Errc::InvalidArgument);
+      CHECK(contains(store.error().message, "page size"));
+      CHECK_FALSE(fs::exists(path));
+    }
+  }
+}
+
 // --- the schema and its versions --------------------------------------------------------
 
 TEST_CASE("a new database records schema versions 1 and 2 and asyncflow's application id") {

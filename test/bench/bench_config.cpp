@@ -32,6 +32,14 @@ Result<B4Side> parseSide(std::string_view text) {
   return fail(Errc::InvalidArgument, fmt::format("--b4-child takes engine or raw, not '{}'", text));
 }
 
+Result<std::vector<Synchronous>> parseSync(std::string_view text) {
+  if (text == "full" || text == "FULL") return std::vector<Synchronous>{Synchronous::Full};
+  if (text == "normal" || text == "NORMAL") return std::vector<Synchronous>{Synchronous::Normal};
+  if (text == "both") return std::vector<Synchronous>{Synchronous::Full, Synchronous::Normal};
+  return fail(Errc::InvalidArgument,
+              fmt::format("--sync takes full, normal or both, not '{}'", text));
+}
+
 // Selects the benchmarks named on the command line (the first name clears the
 // default "all").
 Result<void> select(BenchConfig& config, bool& anySelected, std::string_view name) {
@@ -52,7 +60,7 @@ Result<void> select(BenchConfig& config, bool& anySelected, std::string_view nam
 }
 
 bool takesValue(std::string_view flag) {
-  for (std::string_view known : {"--dir", "--b4-child", "--runs", "--b1-instances", "--b2-samples",
+  for (std::string_view known : {"--dir", "--sync", "--b4-child", "--runs", "--b1-instances", "--b2-samples",
                                  "--b3-cycles", "--b4-small", "--b4-large"}) {
     if (flag == known) return true;
   }
@@ -64,6 +72,12 @@ Result<void> parseValueFlag(BenchConfig& config, Sizes& sizes, std::string_view 
                             std::string_view value) {
   if (flag == "--dir") {
     config.dir = std::string(value);
+    return {};
+  }
+  if (flag == "--sync") {
+    auto levels = parseSync(value);
+    if (!levels) return tl::unexpected(levels.error());
+    config.syncLevels = *levels;
     return {};
   }
   if (flag == "--b4-child") {
@@ -161,6 +175,7 @@ Without benchmark names, runs all four.
 flags:
   --quick            small sizes (smoke test, well under a minute)
   --runs K           measure each figure K times, print the median (default 3)
+  --sync LEVEL       full, normal or both (default both)
   --dir PATH         where the database files go (default: a fresh /tmp dir)
   --b1-instances N   B1 waiting instances completed per run (default 10000)
   --b2-samples N     B2 completions timed per run (default 2000)

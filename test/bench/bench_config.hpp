@@ -3,8 +3,10 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "asyncflow/error.hpp"
+#include "asyncflow/sqlite_store.hpp"
 
 namespace asyncflow::bench {
 
@@ -19,6 +21,8 @@ struct BenchConfig {
   bool b2 = true;
   bool b3 = true;
   bool b4 = true;
+  // The synchronous levels B1-B3 run at, in table order. Default: FULL, NORMAL.
+  std::vector<Synchronous> syncLevels{Synchronous::Full, Synchronous::Normal};
   // Each figure is measured `runs` times and the median is printed.
   int runs = 3;
   // Where the database files go. Empty (the default): a fresh directory under

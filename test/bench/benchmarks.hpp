@@ -1,6 +1,6 @@
 // asyncflow_bench: the four benchmarks of the performance issue.
 //
-// Each runs at synchronous=FULL and NORMAL, measures every figure config.runs
+// Each runs at config.syncLevels (FULL and NORMAL by default), measures every figure config.runs
 // times (engine, then its raw baseline, in each run) and adds the medians to
 // the report. Database files go to `dir` and are removed when done. A failed
 // call throws: a figure is only printed when all the work it counts succeeded.
@@ -12,9 +12,6 @@
 #include "report.hpp"
 
 namespace asyncflow::bench {
-
-// Both synchronous levels, in the order the table lists them.
-constexpr Synchronous kSyncLevels[] = {Synchronous::Full, Synchronous::Normal};
 
 // B1 completion throughput: N waiting instances completed by 1 and by 8 threads
 // (inline continuations), against one raw transaction per completion.

@@ -1,6 +1,7 @@
 #include "raw_sqlite.hpp"
 
 #include <stdexcept>
+#include <string>
 
 #include "measure.hpp"
 
@@ -29,6 +30,9 @@ const char* syncName(Synchronous sync) { return sync == Synchronous::Full ? "FUL
 SQLite::Database openRaw(const std::string& path, Synchronous sync) {
   SQLite::Database db(path, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE);
   db.setBusyTimeout(5000);  // SqliteOptions' default
+  // A new file gets SqliteStore's page size, so both sides write pages of the
+  // same size; an existing file keeps its own.
+  db.exec("PRAGMA page_size = " + std::to_string(SqliteOptions{}.pageSize));
   if (db.execAndGet("PRAGMA journal_mode = WAL").getString() != "wal") {
     throw std::runtime_error(path + ": cannot switch to WAL");
   }
