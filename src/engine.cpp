@@ -181,7 +181,9 @@ class Engine::Impl {
 
   Result<InstanceId> start(std::string_view name, const Fields& fields) {
     auto process = newest(name);
-    if (!process) return fail(Errc::NotFound, fmt::format("no process named '{}'", name));
+    if (!process) {
+      return fail(Errc::NotFound, fmt::format("no process named '{}'", detail::shown(name)));
+    }
     auto given = process->checkFields(fields);
     if (!given) return tl::unexpected(given.error());
 
@@ -226,14 +228,15 @@ class Engine::Impl {
     auto found = store_->findByKey(query);
     if (!found) return tl::unexpected(found.error());
     if (found->empty()) {
-      return fail(Errc::NotFound, fmt::format("no step '{}' of process '{}' waits with key '{}'",
-                                              step, process, key));
+      return fail(Errc::NotFound,
+                  fmt::format("no step '{}' of process '{}' waits with key '{}'",
+                              detail::shown(step), detail::shown(process), detail::shown(key)));
     }
     if (found->size() > 1) {
       return fail(Errc::AmbiguousKey,
                   fmt::format("several steps '{}' of process '{}' wait with key '{}'; complete "
                               "them by serial",
-                              step, process, key));
+                              detail::shown(step), detail::shown(process), detail::shown(key)));
     }
     return onRun(found->front(), nullptr, &query.key,
                  ServerEvent{ServerEvent::Kind::Complete, &fields, {}});
@@ -248,8 +251,8 @@ class Engine::Impl {
         case InstanceStatus::Completed:
           return fail(Errc::AlreadyCompleted, fmt::format("instance {} already completed", id));
         case InstanceStatus::Failed:
-          return fail(Errc::StepFailed,
-                      fmt::format("instance {} already failed: {}", id, record.error));
+          return fail(Errc::StepFailed, fmt::format("instance {} already failed: {}", id,
+                                                    detail::shown(record.error)));
         case InstanceStatus::Cancelled:
           return fail(Errc::Cancelled, fmt::format("instance {} is already cancelled", id));
         case InstanceStatus::Running:
@@ -359,6 +362,7 @@ class Engine::Impl {
     constexpr std::size_t kPage = 256;
     const Timestamp now = currentTime();
     std::size_t fired = 0;
+    std::optional<Error> storeFailure;  // the first timer the store failed to fire
     for (;;) {
       auto due = store_->listDue(now, kPage);
       if (!due) return tl::unexpected(due.error());
@@ -368,14 +372,18 @@ class Engine::Impl {
         if (!done) {
           log(LogLevel::Warning, fmt::format("timer of step run {}_{} did not fire: {}",
                                              key.instance, key.run, done.error().toString()));
+          if (done.error().code == Errc::StoreError && !storeFailure) storeFailure = done.error();
         } else if (*done) {
           ++firedHere;
         }
       }
       fired += firedHere;
       // A short page was the last; a page where nothing could fire would repeat.
-      if (due->size() < kPage || firedHere == 0) return fired;
+      if (due->size() < kPage || firedHere == 0) break;
     }
+    // Tell the caller the store failed (those timers stay due), not "none fired".
+    if (storeFailure) return tl::unexpected(std::move(*storeFailure));
+    return fired;
   }
 
   void waitIdle() {
@@ -476,7 +484,8 @@ class Engine::Impl {
       case StepRunStatus::Completed:
         return fail(Errc::AlreadyCompleted, fmt::format("step run {} is already completed", shown));
       case StepRunStatus::Failed:
-        return fail(Errc::StepFailed, fmt::format("step run {} failed: {}", shown, run.error));
+        return fail(Errc::StepFailed,
+                    fmt::format("step run {} failed: {}", shown, detail::shown(run.error)));
       case StepRunStatus::TimedOut:
         return fail(Errc::TimedOut, fmt::format("step run {} timed out", shown));
       case StepRunStatus::Ready:
@@ -673,11 +682,17 @@ class Engine::Impl {
       lock.unlock();
       auto fired = runDueTimers();
       lock.lock();
-      if (!fired) log(LogLevel::Error, fmt::format("timer: {}", fired.error().toString()));
       timerKnown_ = false;
-      // Due timers that could not fire (undefined process, store trouble) stay
-      // due: wait for a define() instead of firing them again and again.
-      timerStuck_ = !fired || *fired == 0;
+      if (!fired) {
+        log(LogLevel::Error, fmt::format("timer: {}", fired.error().toString()));
+        // The store failed (busy, full, I/O): its timers stay due. Try again
+        // after a while, as above, rather than spin or wait for a define().
+        timerWake_.wait_for(lock, std::chrono::seconds(1), [&] { return timerStopping_; });
+        continue;
+      }
+      // Due timers that could not fire (their process version is not defined)
+      // stay due: wait for a define() instead of firing them again and again.
+      timerStuck_ = *fired == 0;
     }
   }
 
@@ -748,7 +763,8 @@ class Engine::Impl {
     bool recovering = how == Drive::Recover;
     for (;;) {
       try {
-        while (stepOnce(id, recovering)) recovering = false;
+        while (stepOnce(id, recovering)) {
+        }
       } catch (...) {
         // A throwing store or allocation failure: the instance stays where its
         // last commit left it, and recovery re-drives it.
@@ -766,8 +782,11 @@ class Engine::Impl {
   }
 
   // Runs the instance's current step once and commits the result. Returns true
-  // when there may be more to run.
-  bool stepOnce(InstanceId id, bool recovering) {
+  // when there may be more to run. Clears `recovering` once the re-run is
+  // counted (or there is nothing to re-run).
+  bool stepOnce(InstanceId id, bool& recovering) {
+    const bool recover = recovering;
+    recovering = false;
     auto snapshot = store_->loadInstance(id);
     if (!snapshot || snapshot->record.status != InstanceStatus::Running) return false;
     auto run = store_->loadStepRun(id, snapshot->record.currentRun);
@@ -782,7 +801,7 @@ class Engine::Impl {
     auto index = process->stepIndex.find(run->step);
     if (index == process->stepIndex.end()) return false;
 
-    if (recovering || run->status == StepRunStatus::Ready) {
+    if (recover || run->status == StepRunStatus::Ready) {
       // The handler may have run before a crash: count this as a new attempt,
       // durably, before running it again.
       ++run->attempt;
@@ -799,7 +818,12 @@ class Engine::Impl {
       snapshot->record = set.instance;
       auto applied = commit(std::move(set));
       if (!applied) return false;
-      if (applied->status == ApplyStatus::Conflict) return true;  // changed meanwhile: look again
+      if (applied->status == ApplyStatus::Conflict) {
+        // Changed meanwhile (say, an early completion): look again, still
+        // recovering, so the handler never re-runs with the crashed attempt().
+        recovering = recover;
+        return true;
+      }
       snapshot->record.version += 1;
     }
 

@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -63,6 +64,11 @@ struct CompiledProcess {
   // end. No line matching, or a rule that throws, is a Failure.
   Route routeAfter(std::size_t from, const Fields& fields) const;
 };
+
+// `text` as an error message may quote it: at most 60 characters, control bytes
+// and invalid UTF-8 as \xNN, and "... (N bytes)" when cut. Names, keys and
+// reasons from outside may be huge or binary; a message must stay readable.
+std::string shown(std::string_view text);
 
 // Validates and indexes a Process. InvalidProcess with the reason when it has no
 // steps, an empty or duplicate step or field name, a Null-typed field, a default

@@ -1,5 +1,6 @@
 #include "serial.hpp"
 
+#include <algorithm>
 #include <array>
 
 #include <fmt/format.h>
@@ -60,12 +61,17 @@ std::string formatSerial(InstanceId instance, std::int64_t run, std::string_view
 }
 
 Result<SerialParts> parseSerial(std::string_view serial) {
-  // Cap what is echoed back: a hostile serial may be huge or binary.
+  // Cap what is echoed back: a hostile serial may be huge or binary, and what
+  // follows the second '_' may be a real secret, which must not reach a log.
   auto shown = [&] {
     constexpr std::size_t kShown = 40;
+    const auto first = serial.find('_');
+    const auto second = first == std::string_view::npos ? first : serial.find('_', first + 1);
+    const auto visible = serial.substr(
+        0, std::min(kShown, second == std::string_view::npos ? serial.size() : second + 1));
     std::string text;
-    for (char c : serial.substr(0, kShown)) text += (c >= 0x20 && c < 0x7f) ? c : '?';
-    if (serial.size() > kShown) text += "...";
+    for (char c : visible) text += (c >= 0x20 && c < 0x7f) ? c : '?';
+    if (visible.size() < serial.size()) text += "...";
     return text;
   };
   if (serial.empty()) return fail(Errc::InvalidSerial, "the serial is empty");

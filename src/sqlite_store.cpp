@@ -469,6 +469,11 @@ Result<void> configure(SQLite::Database& db, const std::string& path,
   }
   db.exec(options.synchronous == Synchronous::Normal ? "PRAGMA synchronous = NORMAL"
                                                      : "PRAGMA synchronous = FULL");
+  // Per connection, so it caps this store's writes only; set before migrating,
+  // so the schema counts against it too.
+  if (options.maxPageCount > 0) {
+    db.exec(fmt::format("PRAGMA max_page_count = {}", options.maxPageCount));
+  }
   return {};
 }
 
@@ -1180,9 +1185,23 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
                 fmt::format("cannot open {}: page size {} is not a power of two from 512 to 65536",
                             path, pageSize));
   }
+  // SQLite's own bound on max_page_count.
+  constexpr std::int64_t kMaxPageCount = 4'294'967'294;
+  if (options.maxPageCount < 0 || options.maxPageCount > kMaxPageCount) {
+    return fail(Errc::InvalidArgument,
+                fmt::format("cannot open {}: maxPageCount {} is not from 0 (no cap) to {}", path,
+                            options.maxPageCount, kMaxPageCount));
+  }
   try {
     // NOMUTEX: the store's own mutex serialises every use of the connection.
     SQLite::Database db(path, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE | SQLite::OPEN_NOMUTEX);
+    // SQLite silently opens a file it may not write read-only, and every write
+    // would then fail. Refuse it now, before a -wal or -shm file is created.
+    if (sqlite3_db_readonly(db.getHandle(), "main") == 1) {
+      return fail(
+          Errc::StoreError,
+          fmt::format("cannot open {}: the file is read-only; asyncflow must write to it", path));
+    }
     const auto timeout =
         std::clamp<std::chrono::milliseconds::rep>(options.busyTimeout.count(), 0, INT_MAX);
     db.setBusyTimeout(static_cast<int>(timeout));

@@ -190,7 +190,10 @@ class Engine {
 
   // Fires every timer whose deadline is at or before the clock's now: the run
   // becomes TimedOut and the instance escalates or fails. Returns how many fired.
-  // The timer thread calls this; hosts with timerThread off call it themselves.
+  // StoreError when the store failed to fire a timer: that one stays due for the
+  // next call (the others still fire). The timer thread calls this, and after a
+  // StoreError tries again a second later; hosts with timerThread off call it
+  // themselves.
   [[nodiscard]] Result<std::size_t> runDueTimers();
 
   // Ends the instance: its open step run and the instance become Cancelled, and

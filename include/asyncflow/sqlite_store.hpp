@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -45,6 +46,12 @@ struct SqliteOptions {
   // per second at synchronous NORMAL, measured). Larger pages suit field values
   // of many kilobytes. Default: 1024.
   int pageSize = 1024;
+  // A cap on the database file's size, in pages (PRAGMA max_page_count on the
+  // writing connection, for this open only): a commit that would grow the file
+  // beyond it fails with StoreError "database or disk is full" and writes
+  // nothing, as on a full disk. From 0 to 4294967294; a cap below the file's
+  // current size holds it at that size. Default: 0, no cap.
+  std::int64_t maxPageCount = 0;
 };
 
 // A Store in one SQLite database file, in WAL mode, with a versioned schema.
@@ -63,10 +70,11 @@ class SqliteStore final : public Store {
  public:
   // Opens (creating if absent) the database at `path` and migrates its schema to
   // the current version. InvalidArgument, touching nothing, for a pageSize that
-  // is not a power of two from 512 to 65536. StoreError, touching nothing, when
-  // the file is not a SQLite database, is a SQLite database of another
-  // application (it has tables but is not asyncflow's), or has a schema newer
-  // than this library knows.
+  // is not a power of two from 512 to 65536 or a maxPageCount out of range.
+  // StoreError when a maxPageCount too small for the schema fills the file, and,
+  // touching nothing, when the file is read-only to this process, is not a
+  // SQLite database, is a SQLite database of another application (it has tables
+  // but is not asyncflow's), or has a schema newer than this library knows.
   [[nodiscard]] static Result<std::unique_ptr<SqliteStore>> open(const std::string& path,
                                                                  SqliteOptions options = {});
 
