@@ -61,17 +61,19 @@ std::string formatSerial(InstanceId instance, std::int64_t run, std::string_view
 }
 
 Result<SerialParts> parseSerial(std::string_view serial) {
-  // Cap what is echoed back: a hostile serial may be huge or binary, and what
-  // follows the second '_' may be a real secret, which must not reach a log.
+  // Cap what is echoed back: a hostile serial may be huge or binary, and a real
+  // secret must not reach a log, even behind a mistyped separator. Only the
+  // leading ids are shown: digits and at most two '_', then "..." and the length.
   auto shown = [&] {
     constexpr std::size_t kShown = 40;
-    const auto first = serial.find('_');
-    const auto second = first == std::string_view::npos ? first : serial.find('_', first + 1);
-    const auto visible = serial.substr(
-        0, std::min(kShown, second == std::string_view::npos ? serial.size() : second + 1));
-    std::string text;
-    for (char c : visible) text += (c >= 0x20 && c < 0x7f) ? c : '?';
-    if (visible.size() < serial.size()) text += "...";
+    std::size_t visible = 0;
+    for (int separators = 0; visible < serial.size() && visible < kShown; ++visible) {
+      const char c = serial[visible];
+      if (c == '_' && ++separators > 2) break;
+      if (c != '_' && (c < '0' || c > '9')) break;
+    }
+    std::string text(serial.substr(0, visible));
+    if (visible < serial.size()) text += fmt::format("... ({} bytes)", serial.size());
     return text;
   };
   if (serial.empty()) return fail(Errc::InvalidSerial, "the serial is empty");

@@ -466,7 +466,7 @@ std::vector<Refusal> refusals() {
        Errc::InvalidSerial, "malformed secret"},
       {"a valid serial with one character appended",
        edited([](const F& f) { return f.serial(1, 1) + "x"; }), Errc::InvalidSerial,
-       "serial '1_1_...' has a malformed secret"},
+       "serial '1_1_... (27 bytes)' has a malformed secret"},
       {"a valid serial with a newline appended",
        edited([](const F& f) { return f.serial(1, 1) + "\n"; }), Errc::InvalidSerial,
        "malformed secret"},
