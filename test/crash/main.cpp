@@ -7,7 +7,8 @@
 // each acknowledged completion. The external system remembers the serials of
 // earlier lives and completes them while the new life's recovery runs. The
 // parent SIGKILLs each life a random --min-delay-ms..--max-delay-ms after
-// spawning it (5-200 ms), --kills times; life L of K may start instances up to
+// spawning it (5-200 ms; the upper bound adapts to how fast lives finish their
+// work, so most kills land on a busy life), --kills times; life L of K may start instances up to
 // L/(K+1) of --instances, so kills land throughout the workload (a life that
 // finished its share waits for its kill; the summary counts those). A final
 // life runs uninterrupted until every instance is Completed; then the checker
@@ -230,7 +231,6 @@ int runHarness(CrashConfig config, bool quietSummary = false) {
   }
   const auto began = std::chrono::steady_clock::now();
   std::mt19937_64 delays(config.seed);
-  const auto span = static_cast<std::uint64_t>(config.maxDelayMs - config.minDelayMs) + 1;
   std::size_t idleKills = 0;
   auto fail = [&](const std::string& why) {
     std::cout << fmt::format("FAIL (seed {}): {}\nfiles kept in {}\n", config.seed, why,
@@ -238,15 +238,24 @@ int runHarness(CrashConfig config, bool quietSummary = false) {
     return 1;
   };
 
+  // The delays adapt to how long a life takes on this machine: after a kill that
+  // found the life idle (its work was done) the upper bound halves; after one
+  // that found it busy, it grows by a quarter, up to --max-delay-ms. So most
+  // kills land while a life still works, on a fast machine as on a slow one.
+  int maxDelayMs = config.maxDelayMs;
   for (std::size_t life = 1; life <= config.kills; ++life) {
     const std::size_t quota = (config.instances * life + config.kills) / (config.kills + 1);
+    const auto span = static_cast<std::uint64_t>(maxDelayMs - config.minDelayMs) + 1;
     const auto delay =
         std::chrono::milliseconds(config.minDelayMs + static_cast<int>(delays() % span));
     const Spawned child = spawnLife(config, life, quota, true, false);
     if (child.pid < 0) return fail("cannot start a life");
     std::this_thread::sleep_for(delay);  // the kill lands at a random moment of the life
     char done = 0;
-    if (::read(child.idleRead, &done, 1) == 1) ++idleKills;
+    const bool idle = ::read(child.idleRead, &done, 1) == 1;
+    if (idle) ++idleKills;
+    maxDelayMs = idle ? std::max(config.minDelayMs, maxDelayMs / 2)
+                      : std::min(config.maxDelayMs, maxDelayMs + maxDelayMs / 4 + 1);
     ::close(child.idleRead);
     ::kill(child.pid, SIGKILL);
     int status = 0;
