@@ -67,10 +67,16 @@ Result<SerialParts> parseSerial(std::string_view serial) {
   auto shown = [&] {
     constexpr std::size_t kShown = 40;
     std::size_t visible = 0;
-    for (int separators = 0; visible < serial.size() && visible < kShown; ++visible) {
+    for (int separators = 0; visible < serial.size() && visible < kShown;) {
       const char c = serial[visible];
-      if (c == '_' && ++separators > 2) break;
-      if (c != '_' && (c < '0' || c > '9')) break;
+      if (c == '_') {
+        ++visible;
+        if (++separators == 2) break;  // what follows may be a secret, digits or not
+      } else if (c >= '0' && c <= '9') {
+        ++visible;
+      } else {
+        break;
+      }
     }
     std::string text(serial.substr(0, visible));
     if (visible < serial.size()) text += fmt::format("... ({} bytes)", serial.size());

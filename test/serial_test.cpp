@@ -282,6 +282,25 @@ TEST_CASE("parseSerial rejects a 1 MiB serial without echoing it") {
   checkRejected(std::string(kMiB, '\0'));
 }
 
+TEST_CASE("a rejection never echoes what may be a secret, digits or a mistyped separator included") {
+  // What follows the second '_', or the ids when a separator is mistyped, may be
+  // a real secret: the message shows only the leading ids and the length.
+  const std::string secret = "Q2hhbmdlTWUxMjM0NTY3OA";
+  const std::string digits(22, '2');
+  for (const std::string& serial :
+       {"5_31_" + secret + "x", "5_31-" + secret, "__" + digits, "5__" + digits + "7",
+        "5_31_" + digits + "_"}) {
+    CAPTURE(serial);
+    const auto parsed = parseSerial(serial);
+    REQUIRE_FALSE(parsed.has_value());
+    CHECK(parsed.error().code == Errc::InvalidSerial);
+    CHECK(parsed.error().message.find(secret) == std::string::npos);
+    CHECK(parsed.error().message.find(digits.substr(0, 8)) == std::string::npos);
+    CHECK(parsed.error().message.find(std::to_string(serial.size()) + " bytes") !=
+          std::string::npos);
+  }
+}
+
 TEST_CASE("parseSerial reports each rejection as InvalidSerial, never another code") {
   // The table of DESIGN.md section 5: malformed is InvalidSerial, distinct from
   // NotFound (well-formed but unknown), which parseSerial cannot tell.
