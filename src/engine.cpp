@@ -218,6 +218,41 @@ class Engine::Impl {
     return onRun(StepRunKey{parts->instance, parts->run}, &parts->secret, nullptr, event);
   }
 
+  Result<WaitingStep> lookUp(std::string_view serial) const {
+    auto parts = detail::parseSerial(serial);
+    if (!parts) return tl::unexpected(parts.error());
+    if (parts->secret.empty() && options_.serials == SerialForm::WithSecret) {
+      return fail(Errc::InvalidSerial, "the serial has no secret, and this engine requires one");
+    }
+    const std::string shown = detail::formatSerial(parts->instance, parts->run, {});
+    auto snapshot = store_->loadInstance(parts->instance);
+    if (!snapshot) {
+      if (snapshot.error().code != Errc::NotFound) return tl::unexpected(snapshot.error());
+      return fail(Errc::NotFound, fmt::format("no step run {}", shown));
+    }
+    auto run = store_->loadStepRun(parts->instance, parts->run);
+    if (!run) return tl::unexpected(run.error());
+    if (!detail::constantTimeEquals(run->secret, parts->secret)) {
+      return fail(Errc::InvalidSerial, fmt::format("wrong secret for step run {}", shown));
+    }
+    if (run->kind != StepKind::Async) {
+      return fail(Errc::NotFound,
+                  fmt::format("step run {} ('{}') is not an async step", shown, run->step));
+    }
+    if (auto refused = refuse(*snapshot, *run, shown); !refused) {
+      return tl::unexpected(refused.error());
+    }
+    WaitingStep step;
+    step.serial = detail::formatSerial(run->instance, run->run, run->secret);
+    step.instance = run->instance;
+    step.process = snapshot->record.process;
+    step.processVersion = snapshot->record.processVersion;
+    step.step = run->step;
+    step.waitingSince = run->waitingSince;
+    step.deadline = run->deadline;
+    return step;
+  }
+
   Result<void> completeByKey(std::string_view process, std::string_view step, std::string_view key,
                              const Fields& fields) {
     KeyQuery query;
@@ -998,6 +1033,10 @@ Result<void> Engine::failServerEvent(std::string_view serial, std::string reason
   return guarded("failServerEvent", [&] {
     return impl_->serverEvent(serial, {Impl::EventKind::Fail, &fields, std::move(reason)});
   });
+}
+
+Result<WaitingStep> Engine::serverEvent(std::string_view serial) const {
+  return guarded("serverEvent", [&] { return impl_->lookUp(serial); });
 }
 
 Result<void> Engine::heartbeat(std::string_view serial) {

@@ -923,3 +923,44 @@ TEST_CASE("recover() re-drives every defined process, recoverOnDefine can be tur
   CHECK(done.status == InstanceStatus::Completed);
   CHECK(done.fields.get<bool>("Done") == true);
 }
+
+TEST_CASE("serverEvent(serial) looks up the step a serial names, with completeServerEvent's errors") {
+  Harness h;
+  OrderFlow flow;
+  Engine engine(h.store, h.options());
+  REQUIRE(engine.define(flow.process()));
+  const Timestamp t0 = h.clock->now();
+  const InstanceId id = engine.start("Order", {}).value();
+  const std::string serial = flow.lastSerial;
+
+  auto step = engine.serverEvent(serial);
+  REQUIRE(step);
+  CHECK(step->serial == serial);
+  CHECK(step->instance == id);
+  CHECK(step->process == "Order");
+  CHECK(step->processVersion == 1);
+  CHECK(step->step == "Submit");
+  CHECK(step->waitingSince == t0);
+  CHECK_FALSE(step->deadline.has_value());
+
+  const auto parts = detail::parseSerial(serial).value();
+  const std::string wrongSecret =
+      detail::formatSerial(id, parts.run, std::string(detail::kSecretChars, 'A'));
+  CHECK(hasCode(engine.serverEvent(wrongSecret), Errc::InvalidSerial));
+  // This engine issues secrets: a bare serial is refused before any lookup.
+  CHECK(hasCode(engine.serverEvent(detail::formatSerial(id, parts.run, {})), Errc::InvalidSerial));
+  CHECK(hasCode(engine.serverEvent("not a serial"), Errc::InvalidSerial));
+  CHECK(hasCode(engine.serverEvent(detail::formatSerial(id + 7, 1, parts.secret)),
+                Errc::NotFound));
+  // Run 1 is the sync step Validate, which has no secret: not an async step's serial.
+  CHECK(hasCode(engine.serverEvent(detail::formatSerial(id, 1, parts.secret)),
+                Errc::InvalidSerial));
+
+  REQUIRE(engine.completeServerEvent(serial, {}));
+  CHECK(hasCode(engine.serverEvent(serial), Errc::AlreadyCompleted));
+
+  engine.start("Order", {}).value();
+  const std::string cancelled = flow.lastSerial;
+  REQUIRE(engine.cancel(detail::parseSerial(cancelled)->instance, "operator"));
+  CHECK(hasCode(engine.serverEvent(cancelled), Errc::Cancelled));
+}

@@ -166,6 +166,13 @@ class Engine {
   [[nodiscard]] Result<void> failServerEvent(std::string_view serial, std::string reason,
                                              Fields fields = {});
 
+  // The open step run a serial names, as waiting() lists it: for the external
+  // system (or an operator) to look its step up before completing it. A run
+  // whose handler has not returned yet is listed with waitingSince at the epoch.
+  // Errors as completeServerEvent for the same serial (InvalidSerial, NotFound,
+  // AlreadyCompleted, TimedOut, StepFailed, Cancelled, StoreError); reads only.
+  [[nodiscard]] Result<WaitingStep> serverEvent(std::string_view serial) const;
+
   // The external system is still working: moves the waiting step's deadline to
   // its heartbeat interval (or timeout) from now, and records the heartbeat.
   // Errors as completeServerEvent.
