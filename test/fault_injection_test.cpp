@@ -42,6 +42,7 @@
 #include <sqlite3.h>
 
 #include "sqlite_store_probe.hpp"
+#include "sqlite_test_support.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -857,29 +858,7 @@ void checkAllWaiting(const StoreState& state) {
   }
 }
 
-// Holds the database's write lock from a second connection until release().
-class WriteLock {
- public:
-  explicit WriteLock(const std::string& path) : db_(path, SQLite::OPEN_READWRITE) {
-    db_.exec("BEGIN IMMEDIATE");
-  }
-  void release() {
-    if (held_) db_.exec("ROLLBACK");
-    held_ = false;
-  }
-  ~WriteLock() {
-    try {
-      release();
-    } catch (...) {
-    }
-  }
-  WriteLock(const WriteLock&) = delete;
-  WriteLock& operator=(const WriteLock&) = delete;
-
- private:
-  SQLite::Database db_;
-  bool held_ = true;
-};
+using asyncflow::testing::WriteLock;
 
 // Pages of 1 KiB: the schema takes about 20, the rest holds a few dozen instances.
 constexpr std::int64_t kCap = 64;

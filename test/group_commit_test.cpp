@@ -20,6 +20,7 @@
 
 #include "sqlite_store_probe.hpp"
 #include "sync_counting_vfs.hpp"
+#include "sqlite_test_support.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -148,29 +149,7 @@ class Callers {
   std::vector<std::unique_ptr<ApplyOutcome>> outcomes_;
 };
 
-// Holds the database's write lock from a second connection until release().
-class WriteLock {
- public:
-  explicit WriteLock(const std::string& path) : db_(path, SQLite::OPEN_READWRITE) {
-    db_.exec("BEGIN IMMEDIATE");
-  }
-  void release() {
-    if (held_) db_.exec("ROLLBACK");
-    held_ = false;
-  }
-  ~WriteLock() {
-    try {
-      release();
-    } catch (...) {
-    }
-  }
-  WriteLock(const WriteLock&) = delete;
-  WriteLock& operator=(const WriteLock&) = delete;
-
- private:
-  SQLite::Database db_;
-  bool held_ = true;
-};
+using asyncflow::testing::WriteLock;
 
 // Runs `threads` threads released together; each applies `perThread` one-set
 // batches updating its own instance, each guarded by the version the previous

@@ -134,6 +134,25 @@ Process orderProcess(Journal& journal, const std::function<void(AsyncStep&)>& co
   return p;
 }
 
+// What the first life leaves behind: one Order (A-17) waiting at Submit.
+struct FirstLife {
+  InstanceId id = 0;
+  std::string serial;
+};
+
+// The first life: an engine starts one Order, which waits at Submit, and goes
+// away. `configure` adjusts Submit as in orderProcess.
+FirstLife startOrderAndStop(const RestartHarness& h,
+                            const std::function<void(AsyncStep&)>& configure = {}) {
+  Journal journal;
+  Engine a(h.openStore(), h.options());
+  REQUIRE(a.define(orderProcess(journal, configure)));
+  FirstLife life;
+  life.id = a.start("Order", {{"OrderId", "A-17"}}).value();
+  life.serial = a.instance(life.id).value().serial;
+  return life;
+}
+
 // The only waiting step the engine lists; fails the test unless there is exactly one.
 WaitingStep onlyWaiting(const Engine& engine) {
   auto page = engine.waiting();
@@ -280,15 +299,7 @@ TEST_CASE("a heartbeat before a restart moves the deadline that the new engine h
 TEST_CASE("failServerEvent after a restart follows the step's error line with the fields") {
   RestartHarness h;
   auto withErrorLine = [](AsyncStep& s) { s.onError("Recover"); };
-  InstanceId id = 0;
-  std::string serial;
-  {
-    Journal journal;
-    Engine a(h.openStore(), h.options());
-    REQUIRE(a.define(orderProcess(journal, withErrorLine)));
-    id = a.start("Order", {{"OrderId", "A-17"}}).value();
-    serial = a.instance(id).value().serial;
-  }
+  const auto [id, serial] = startOrderAndStop(h, withErrorLine);
 
   Journal journal;
   auto store = h.openStore();
@@ -309,15 +320,7 @@ TEST_CASE("failServerEvent after a restart follows the step's error line with th
 
 TEST_CASE("failServerEvent after a restart fails an instance without an error line") {
   RestartHarness h;
-  InstanceId id = 0;
-  std::string serial;
-  {
-    Journal journal;
-    Engine a(h.openStore(), h.options());
-    REQUIRE(a.define(orderProcess(journal)));
-    id = a.start("Order", {{"OrderId", "A-17"}}).value();
-    serial = a.instance(id).value().serial;
-  }
+  const auto [id, serial] = startOrderAndStop(h);
 
   Journal journal;
   Engine b(h.openStore(), h.options());
@@ -379,15 +382,7 @@ TEST_CASE("retry after a restart re-runs the failed async step with a new serial
 
 TEST_CASE("history survives a restart, in order, with the injected timestamps") {
   RestartHarness h;
-  InstanceId id = 0;
-  std::string serial;
-  {
-    Journal journal;
-    Engine a(h.openStore(), h.options());
-    REQUIRE(a.define(orderProcess(journal)));
-    id = a.start("Order", {{"OrderId", "A-17"}}).value();
-    serial = a.instance(id).value().serial;
-  }
+  const auto [id, serial] = startOrderAndStop(h);
   const std::string ids = std::to_string(id) + "_1";
   REQUIRE(serial.size() > ids.size() + 1);
   const std::string secret = serial.substr(ids.size() + 1);
@@ -540,15 +535,7 @@ TEST_CASE("business keys survive a restart") {
 
 TEST_CASE("cancel after a restart ends the waiting instance") {
   RestartHarness h;
-  InstanceId id = 0;
-  std::string serial;
-  {
-    Journal journal;
-    Engine a(h.openStore(), h.options());
-    REQUIRE(a.define(orderProcess(journal)));
-    id = a.start("Order", {{"OrderId", "A-17"}}).value();
-    serial = a.instance(id).value().serial;
-  }
+  const auto [id, serial] = startOrderAndStop(h);
 
   Journal journal;
   auto store = h.openStore();
