@@ -12,37 +12,13 @@
 #include "asyncflow/clock.hpp"
 #include "asyncflow/error.hpp"
 #include "asyncflow/fields.hpp"
+#include "asyncflow/observer.hpp"
 #include "asyncflow/process.hpp"
 #include "asyncflow/random.hpp"
+#include "asyncflow/records.hpp"
 #include "asyncflow/store.hpp"
 
 namespace asyncflow {
-
-// How serials look to the outside world.
-enum class SerialForm {
-  // "{instance}_{run}_{secret}" with a 128-bit secret from the random source,
-  // compared in constant time: a guessed or incremented serial never completes
-  // another step. The default.
-  WithSecret,
-  // K2's bare "{instance}_{run}" (e.g. "5_31"), for trusted networks only. Runs
-  // created with a secret still require it.
-  Bare,
-};
-
-// Told of every transition, after it is durable: for metrics, logs, tracing.
-// Called on the thread that committed it, so it must be quick and thread-safe;
-// an exception it throws is caught and ignored.
-class Listener {
- public:
-  virtual ~Listener() = default;
-  virtual void onEvent(const HistoryEvent& event) = 0;
-};
-
-// Severity of a log line.
-enum class LogLevel { Debug, Info, Warning, Error };
-
-// Where log lines go: a host function, called from any engine thread.
-using LogSink = std::function<void(LogLevel level, std::string_view message)>;
 
 // Engine settings. Every field has a usable default.
 struct EngineOptions {

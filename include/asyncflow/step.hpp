@@ -8,11 +8,9 @@
 #include <utility>
 
 #include "asyncflow/fields.hpp"
+#include "asyncflow/records.hpp"
 
 namespace asyncflow {
-
-// Identifies one run of a process. Assigned by the store, starting at 1.
-using InstanceId = std::int64_t;
 
 // What a synchronous step's handler decides.
 class StepOutcome {

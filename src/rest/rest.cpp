@@ -24,8 +24,8 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
-#include "process_model.hpp"  // detail::shown
-#include "serial.hpp"         // detail::constantTimeEquals
+#include "util/constant_time.hpp"
+#include "util/text.hpp"
 
 namespace asyncflow::rest {
 namespace {
@@ -186,7 +186,7 @@ Checked<Json> parseObject(const std::string& body,
     bool known = false;
     for (std::string_view name : allowed) known = known || member.key() == name;
     if (known) continue;
-    std::string message = "unknown member '" + detail::shown(member.key()) + "'";
+    std::string message = "unknown member '" + detail::quoted(member.key()) + "'";
     if (allowed.size() == 0) message += "; this route takes none";
     for (std::string_view name : allowed) {
       message += name == *allowed.begin() ? "; expected " : " or ";
@@ -217,7 +217,7 @@ Checked<Fields> fieldsOf(const Json& body) {
       case Json::value_t::number_unsigned: {
         const auto number = value.get<std::uint64_t>();
         if (number > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-          return tl::unexpected(invalidField("field '" + detail::shown(name) + "': " +
+          return tl::unexpected(invalidField("field '" + detail::quoted(name) + "': " +
                                              std::to_string(number) + " does not fit an Int64"));
         }
         fields.set(name, static_cast<std::int64_t>(number));
@@ -227,7 +227,7 @@ Checked<Fields> fieldsOf(const Json& body) {
       case Json::value_t::string: fields.set(name, value.get_ref<const std::string&>()); break;
       default:
         return tl::unexpected(
-            invalidField("field '" + detail::shown(name) + "': a JSON " + value.type_name() +
+            invalidField("field '" + detail::quoted(name) + "': a JSON " + value.type_name() +
                          " is not a field value (null, boolean, number or string)"));
     }
   }
@@ -378,7 +378,7 @@ void handleLookUp(const Routes& routes, const httplib::Request& req,
 // echoed: a mistyped route may carry a serial's secret.
 Refusal unknownRoute(const Routes& routes) {
   return {404, std::string(errcName(Errc::NotFound)),
-          "no such route under " + detail::shown(routes.options.basePath)};
+          "no such route under " + detail::quoted(routes.options.basePath)};
 }
 
 // `reader` is null for requests without a body (GET, HEAD, OPTIONS).
@@ -408,20 +408,20 @@ Result<void> checkOptions(const Options& options) {
   }
   const std::string& base = options.basePath;
   if (base.empty() || base.front() != '/' || base.back() == '/') {
-    return fail(Errc::InvalidArgument, "rest::mount: the base path '" + detail::shown(base) +
+    return fail(Errc::InvalidArgument, "rest::mount: the base path '" + detail::quoted(base) +
                                            "' must start with '/' and not end with '/'");
   }
   for (char c : base) {
     if (!isPathCharacter(c)) {
       return fail(Errc::InvalidArgument,
-                  "rest::mount: the base path '" + detail::shown(base) +
+                  "rest::mount: the base path '" + detail::quoted(base) +
                       "' holds a character that is not a plain URL path character");
     }
   }
   const std::string segments = base + "/";
   for (const char* bad : {"//", "/./", "/../"}) {
     if (segments.find(bad) != std::string::npos) {
-      return fail(Errc::InvalidArgument, "rest::mount: the base path '" + detail::shown(base) +
+      return fail(Errc::InvalidArgument, "rest::mount: the base path '" + detail::quoted(base) +
                                              "' has an empty, '.' or '..' segment");
     }
   }

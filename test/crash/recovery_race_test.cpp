@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "catch.hpp"
-#include "test_support.hpp"
+#include "support/catch.hpp"
+#include "support/test_support.hpp"
 
 using namespace asyncflow;
 using asyncflow::testing::FailingStore;

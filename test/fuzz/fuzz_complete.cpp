@@ -54,7 +54,7 @@
 #include <vector>
 
 #include "fuzz_support.hpp"
-#include "serial.hpp"
+#include "model/serial.hpp"
 
 namespace {
 

@@ -26,7 +26,8 @@
 #include <vector>
 
 #include "fuzz_support.hpp"
-#include "process_model.hpp"
+#include "model/process_model.hpp"
+#include "util/text.hpp"
 
 namespace {
 
@@ -194,8 +195,8 @@ void requireRefusal(const World& world, const char* path, const Error& error,
   if (error.code != Errc::InvalidField) {
     broken("invalid fields are InvalidField", where(world, path) + error.toString());
   }
-  // Messages quote names through detail::shown: escaped, cut at 60 characters.
-  if (error.message.find(detail::shown(verdict.firstInvalid)) == std::string::npos) {
+  // Messages quote names through detail::quoted: escaped, cut at 60 characters.
+  if (error.message.find(detail::quoted(verdict.firstInvalid)) == std::string::npos) {
     broken("the refusal names the first invalid field",
            where(world, path) + "'" + shown(verdict.firstInvalid) +
                "' not in: " + shown(error.message, 400));
@@ -273,7 +274,7 @@ void checkHandlerWrites(World& world, const Fields& given, const Verdict& verdic
     if (info.status != InstanceStatus::Failed) {
       broken("invalid handler writes fail the step", where(world, "handler") + shown(given));
     }
-    if (info.error.find(detail::shown(verdict.firstInvalid)) == std::string::npos) {
+    if (info.error.find(detail::quoted(verdict.firstInvalid)) == std::string::npos) {
       broken("the failure names the first invalid field",
              where(world, "handler") + "'" + shown(verdict.firstInvalid) +
                  "' not in: " + shown(info.error, 400));

@@ -16,7 +16,8 @@
 #include <string_view>
 
 #include "fuzz_support.hpp"
-#include "serial.hpp"
+#include "model/serial.hpp"
+#include "util/constant_time.hpp"
 
 namespace {
 

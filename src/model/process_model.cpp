@@ -1,0 +1,184 @@
+#include "model/process_model.hpp"
+
+#include <cmath>
+#include <exception>
+#include <type_traits>
+#include <variant>
+
+#include <fmt/format.h>
+
+#include "util/text.hpp"
+
+namespace asyncflow::detail {
+
+Result<Fields> CompiledProcess::checkFields(const Fields& fields) const {
+  Fields checked;
+  for (const auto& [name, value] : fields) {
+    auto declared = fieldTypes.find(name);
+    if (declared == fieldTypes.end()) {
+      return fail(Errc::InvalidField, fmt::format("field '{}' is not declared by process '{}'",
+                                                  quoted(name), this->name));
+    }
+    const Type type = declared->second;
+    if (value.type() == Type::Double && std::isnan(*value.as<double>())) {
+      // SQLite stores NaN as NULL; refusing it keeps every store faithful.
+      return fail(Errc::InvalidField,
+                  fmt::format("field '{}' is NaN, which cannot be stored", quoted(name)));
+    }
+    if (value.isNull() || value.type() == type) {
+      checked.set(name, value);
+    } else if (type == Type::Double && value.type() == Type::Int64) {
+      checked.set(name, *value.as<double>());
+    } else {
+      return fail(Errc::InvalidField,
+                  fmt::format("field '{}' is {}, but a {} was given", quoted(name), typeName(type),
+                              typeName(value.type())));
+    }
+  }
+  return checked;
+}
+
+Route CompiledProcess::routeAfter(std::size_t from, const Fields& fields) const {
+  const CompiledStep& step = steps[from];
+  if (step.lines.empty()) {
+    return from + 1 < steps.size() ? Route::to(from + 1) : Route::end();
+  }
+  for (std::size_t index : step.lines) {
+    const Line& line = lines[index];
+    bool taken = true;
+    if (line.rule) {
+      try {
+        taken = line.rule(fields);
+      } catch (const std::exception& e) {
+        return Route::failure(
+            fmt::format("the rule of line '{}' -> '{}' threw: {}", line.from, line.to, e.what()));
+      } catch (...) {
+        return Route::failure(
+            fmt::format("the rule of line '{}' -> '{}' threw", line.from, line.to));
+      }
+    }
+    if (taken) return Route::to(stepIndex.at(line.to));
+  }
+  return Route::failure(fmt::format("no line from step '{}' matched", step.name));
+}
+
+Result<std::shared_ptr<const CompiledProcess>> compileProcess(const Process& process) {
+  auto invalid = [&](const std::string& why) {
+    return fail(Errc::InvalidProcess,
+                fmt::format("process '{}' version {}: {}", process.name(), process.version(), why));
+  };
+  if (process.name().empty()) return invalid("the process name is empty");
+  if (process.steps().empty()) return invalid("it has no steps");
+
+  auto compiled = std::make_shared<CompiledProcess>();
+  compiled->name = process.name();
+  compiled->version = process.version();
+
+  for (const FieldDecl& field : process.fields()) {
+    if (field.name.empty()) return invalid("a field has an empty name");
+    if (field.type == Type::Null) {
+      return invalid(fmt::format("field '{}' is declared Null; declare a value type", field.name));
+    }
+    if (!compiled->fieldTypes.emplace(field.name, field.type).second) {
+      return invalid(fmt::format("field '{}' is declared twice", field.name));
+    }
+    Value initial = field.initial;
+    if (initial.type() == Type::Double && std::isnan(*initial.as<double>())) {
+      return invalid(fmt::format("the default of field '{}' is NaN", field.name));
+    }
+    if (!initial.isNull() && initial.type() != field.type) {
+      if (field.type == Type::Double && initial.type() == Type::Int64) {
+        initial = *initial.as<double>();
+      } else {
+        return invalid(fmt::format("the default of field '{}' is {}, but the field is {}",
+                                   field.name, typeName(initial.type()), typeName(field.type)));
+      }
+    }
+    compiled->defaults.set(field.name, std::move(initial));
+  }
+
+  for (const auto& variant : process.steps()) {
+    CompiledStep step;
+    bool hasHandler = false;
+    std::visit(
+        [&](const auto& s) {
+          step.name = s.name();
+          if constexpr (std::is_same_v<std::decay_t<decltype(s)>, AsyncStep>) {
+            step.kind = StepKind::Async;
+            step.async = s.handler();
+            hasHandler = static_cast<bool>(step.async);
+            step.timeout = s.timeoutAfter();
+            step.heartbeat = s.heartbeatInterval();
+            step.correlateField = s.correlationField();
+          } else {
+            step.kind = StepKind::Sync;
+            step.sync = s.handler();
+            hasHandler = static_cast<bool>(step.sync);
+          }
+        },
+        variant);
+    if (step.name.empty()) return invalid("a step has an empty name");
+    if (!hasHandler) return invalid(fmt::format("step '{}' has no handler", step.name));
+    if (!compiled->stepIndex.emplace(step.name, compiled->steps.size()).second) {
+      return invalid(fmt::format("two steps are named '{}'", step.name));
+    }
+    compiled->steps.push_back(std::move(step));
+  }
+
+  // Second pass: the names a step refers to, now that every step is known.
+  for (std::size_t i = 0; i < process.steps().size(); ++i) {
+    CompiledStep& step = compiled->steps[i];
+    auto target = [&](const std::string& name,
+                      const char* what) -> Result<std::optional<std::size_t>> {
+      if (name.empty()) return std::optional<std::size_t>();
+      auto found = compiled->stepIndex.find(name);
+      if (found == compiled->stepIndex.end()) {
+        return invalid(
+            fmt::format("the {} of step '{}' is unknown step '{}'", what, step.name, name));
+      }
+      return std::optional<std::size_t>(found->second);
+    };
+    std::string errorStep, escalation;
+    std::visit(
+        [&](const auto& s) {
+          errorStep = s.errorStep();
+          if constexpr (std::is_same_v<std::decay_t<decltype(s)>, AsyncStep>) {
+            escalation = s.escalationStep();
+          }
+        },
+        process.steps()[i]);
+    auto onError = target(errorStep, "error line");
+    if (!onError) return tl::unexpected(onError.error());
+    step.onError = *onError;
+    auto escalateTo = target(escalation, "escalation");
+    if (!escalateTo) return tl::unexpected(escalateTo.error());
+    step.escalateTo = *escalateTo;
+    if (step.timeout.count() < 0 || (step.escalateTo && step.timeout.count() == 0)) {
+      return invalid(fmt::format("step '{}' needs a positive timeout", step.name));
+    }
+    if (step.heartbeat.count() < 0 || (step.heartbeat.count() > 0 && step.timeout.count() == 0)) {
+      return invalid(fmt::format(
+          "step '{}': a heartbeat interval must be positive and needs a timeout", step.name));
+    }
+    if (!step.correlateField.empty() && compiled->fieldTypes.count(step.correlateField) == 0) {
+      return invalid(fmt::format("step '{}' correlates by undeclared field '{}'", step.name,
+                                 step.correlateField));
+    }
+  }
+
+  compiled->lines = process.lines();
+  for (std::size_t i = 0; i < compiled->lines.size(); ++i) {
+    const Line& line = compiled->lines[i];
+    auto from = compiled->stepIndex.find(line.from);
+    if (from == compiled->stepIndex.end()) {
+      return invalid(fmt::format("a line starts at unknown step '{}'", line.from));
+    }
+    if (compiled->stepIndex.count(line.to) == 0) {
+      return invalid(fmt::format("a line from '{}' goes to unknown step '{}'", line.from, line.to));
+    }
+    compiled->steps[from->second].lines.push_back(i);
+  }
+  return std::shared_ptr<const CompiledProcess>(std::move(compiled));
+}
+
+}  // namespace asyncflow::detail

@@ -1,0 +1,14 @@
+// Text helpers for error messages (internal; any room may use them).
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace asyncflow::detail {
+
+// `text` as an error message may quote it: at most 60 characters, control bytes
+// and invalid UTF-8 as \xNN, and "... (N bytes)" when cut. Names, keys and
+// reasons from outside may be huge or binary; a message must stay readable.
+std::string quoted(std::string_view text);
+
+}  // namespace asyncflow::detail

@@ -1,0 +1,79 @@
+// How Catch prints asyncflow's types in failure messages, shared by every test.
+#pragma once
+
+#include <string>
+#include <type_traits>
+#include <variant>
+
+#include <asyncflow/asyncflow.hpp>
+
+#include "support/catch.hpp"
+
+namespace Catch {
+
+template <>
+struct StringMaker<asyncflow::Errc> {
+  static std::string convert(asyncflow::Errc code) {
+    return std::string(asyncflow::errcName(code));
+  }
+};
+
+template <>
+struct StringMaker<asyncflow::Type> {
+  static std::string convert(asyncflow::Type type) {
+    return std::string(asyncflow::typeName(type));
+  }
+};
+
+template <>
+struct StringMaker<asyncflow::InstanceStatus> {
+  static std::string convert(asyncflow::InstanceStatus s) {
+    return std::string(asyncflow::statusName(s));
+  }
+};
+
+template <>
+struct StringMaker<asyncflow::StepRunStatus> {
+  static std::string convert(asyncflow::StepRunStatus s) {
+    return std::string(asyncflow::statusName(s));
+  }
+};
+
+template <>
+struct StringMaker<asyncflow::ApplyStatus> {
+  static std::string convert(asyncflow::ApplyStatus status) {
+    return status == asyncflow::ApplyStatus::Applied ? "Applied" : "Conflict";
+  }
+};
+
+template <>
+struct StringMaker<asyncflow::Value> {
+  static std::string convert(const asyncflow::Value& value) {
+    return std::visit(
+        [](const auto& v) -> std::string {
+          using V = std::decay_t<decltype(v)>;
+          if constexpr (std::is_same_v<V, std::monostate>) {
+            return "null";
+          } else if constexpr (std::is_same_v<V, std::string>) {
+            return '"' + v + '"';
+          } else {
+            return Catch::Detail::stringify(v);
+          }
+        },
+        value.variant());
+  }
+};
+
+template <>
+struct StringMaker<asyncflow::Fields> {
+  static std::string convert(const asyncflow::Fields& fields) {
+    std::string out = "{";
+    for (const auto& [name, value] : fields) {
+      if (out.size() > 1) out += ", ";
+      out += name + ": " + StringMaker<asyncflow::Value>::convert(value);
+    }
+    return out + "}";
+  }
+};
+
+}  // namespace Catch
