@@ -22,8 +22,8 @@ class MemoryStore final : public Store {
   Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) override;
   Result<std::vector<WaitingRow>> listWaiting(const WaitingQuery& query) override;
   Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) override;
-  Result<std::optional<Timestamp>> nextDeadline() override;
-  Result<std::vector<StepRunKey>> listDue(Timestamp now, std::size_t limit) override;
+  Result<std::optional<Timestamp>> nextDeadline(Timestamp after) override;
+  Result<std::vector<DueRun>> listDue(const DueQuery& query) override;
   Result<std::vector<StepRunKey>> findByKey(const KeyQuery& query) override;
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) override;
 

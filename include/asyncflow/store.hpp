@@ -40,6 +40,24 @@ struct WaitingRow {
   int processVersion = 0;
 };
 
+// A Waiting run whose deadline has passed, as listDue reports it; also the
+// keyset cursor of the next page.
+struct DueRun {
+  StepRunKey key;
+  Timestamp deadline{};
+  friend bool operator==(const DueRun& a, const DueRun& b) {
+    return a.key == b.key && a.deadline == b.deadline;
+  }
+};
+
+// A page of due timers: Waiting runs with a deadline at or before `now`, in
+// (deadline, instance, run) order, after an exclusive cursor.
+struct DueQuery {
+  Timestamp now{};
+  std::optional<DueRun> after;  // continue after this run; empty: from the earliest
+  std::size_t limit = 256;      // at most this many runs
+};
+
 // Waiting runs of one process's step whose correlation key equals `key`.
 struct KeyQuery {
   std::string process;
@@ -81,13 +99,16 @@ class Store {
   // crash may have left mid-step. query.limit ids while that many more match.
   [[nodiscard]] virtual Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) = 0;
 
-  // The earliest deadline of any Waiting run; empty when no waiting run has one.
-  [[nodiscard]] virtual Result<std::optional<Timestamp>> nextDeadline() = 0;
+  // The earliest deadline of a Waiting run that is later than `after`
+  // (Timestamp::min(): of any Waiting run); empty when there is none. The timer
+  // passes the time of its last pass when timers due then could not fire, so
+  // that they do not hide the deadlines behind them.
+  [[nodiscard]] virtual Result<std::optional<Timestamp>> nextDeadline(Timestamp after) = 0;
 
-  // Waiting runs whose deadline is at or before `now`, earliest first, then by
-  // (instance, run); `limit` of them while that many more are due.
-  [[nodiscard]] virtual Result<std::vector<StepRunKey>> listDue(Timestamp now,
-                                                                std::size_t limit) = 0;
+  // Waiting runs whose deadline is at or before query.now, in (deadline,
+  // instance, run) order after query.after; query.limit of them while that many
+  // more are due (a shorter page is the last).
+  [[nodiscard]] virtual Result<std::vector<DueRun>> listDue(const DueQuery& query) = 0;
 
   // Waiting runs matching the query, in (instance, run) order, at most query.limit.
   // An empty key means "no key" and matches nothing.
@@ -119,9 +140,11 @@ class StoreWrapper : public Store {
   Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) override {
     return target_->listRunning(query);
   }
-  Result<std::optional<Timestamp>> nextDeadline() override { return target_->nextDeadline(); }
-  Result<std::vector<StepRunKey>> listDue(Timestamp now, std::size_t limit) override {
-    return target_->listDue(now, limit);
+  Result<std::optional<Timestamp>> nextDeadline(Timestamp after) override {
+    return target_->nextDeadline(after);
+  }
+  Result<std::vector<DueRun>> listDue(const DueQuery& query) override {
+    return target_->listDue(query);
   }
   Result<std::vector<StepRunKey>> findByKey(const KeyQuery& query) override {
     return target_->findByKey(query);

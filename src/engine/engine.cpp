@@ -400,23 +400,25 @@ class Engine::Impl {
     const Timestamp now = currentTime();
     std::size_t fired = 0;
     std::optional<Error> storeFailure;  // the first timer the store failed to fire
+    DueQuery query;
+    query.now = now;
+    query.limit = kPage;
     for (;;) {
-      auto due = store_->listDue(now, kPage);
+      auto due = store_->listDue(query);
       if (!due) return tl::unexpected(due.error());
-      std::size_t firedHere = 0;
-      for (const StepRunKey& key : *due) {
-        auto done = fireTimer(key, now);
+      for (const DueRun& timer : *due) {
+        auto done = fireTimer(timer.key, now);
         if (!done) {
-          log(LogLevel::Warning, fmt::format("timer of step run {}_{} did not fire: {}",
-                                             key.instance, key.run, done.error().toString()));
+          log(LogLevel::Warning,
+              fmt::format("timer of step run {}_{} did not fire: {}", timer.key.instance,
+                          timer.key.run, done.error().toString()));
           if (done.error().code == Errc::StoreError && !storeFailure) storeFailure = done.error();
         } else if (*done) {
-          ++firedHere;
+          ++fired;
         }
       }
-      fired += firedHere;
-      // A short page was the last; a page where nothing could fire would repeat.
-      if (due->size() < kPage || firedHere == 0) break;
+      if (due->size() < kPage) break;  // a short page is the last
+      query.after = due->back();
     }
     // Tell the caller the store failed (those timers stay due), not "none fired".
     if (storeFailure) return tl::unexpected(std::move(*storeFailure));
@@ -694,7 +696,7 @@ class Engine::Impl {
     while (!timerStopping_) {
       if (!timerKnown_) {
         lock.unlock();
-        auto next = store_->nextDeadline();
+        auto next = store_->nextDeadline(Timestamp::min());
         lock.lock();
         if (!next) {
           log(LogLevel::Error, fmt::format("timer: {}", next.error().toString()));

@@ -287,13 +287,13 @@ class RecordingStore final : public StoreWrapper {
     note(StoreCall::ListRunning);
     return StoreWrapper::listRunning(query);
   }
-  Result<std::optional<Timestamp>> nextDeadline() override {
+  Result<std::optional<Timestamp>> nextDeadline(Timestamp after) override {
     note(StoreCall::NextDeadline);
-    return StoreWrapper::nextDeadline();
+    return StoreWrapper::nextDeadline(after);
   }
-  Result<std::vector<StepRunKey>> listDue(Timestamp now, std::size_t limit) override {
+  Result<std::vector<DueRun>> listDue(const DueQuery& query) override {
     note(StoreCall::ListDue);
-    return StoreWrapper::listDue(now, limit);
+    return StoreWrapper::listDue(query);
   }
   Result<std::vector<StepRunKey>> findByKey(const KeyQuery& query) override {
     note(StoreCall::FindByKey);

@@ -542,9 +542,12 @@ TEST_CASE("a version 1 database with a waiting run migrates to 2 and keeps worki
   CHECK(rows->front().run == waiting);
 
   // The new queries work on the old rows.
-  CHECK(store->nextDeadline().value() == waiting.deadline);
-  CHECK(store->listDue(*waiting.deadline - std::chrono::microseconds(1), 10).value().empty());
-  CHECK(store->listDue(*waiting.deadline, 10).value() == std::vector<StepRunKey>{{1, 2}});
+  CHECK(store->nextDeadline(Timestamp::min()).value() == waiting.deadline);
+  DueQuery due;
+  due.now = *waiting.deadline - std::chrono::microseconds(1);
+  CHECK(store->listDue(due).value().empty());
+  due.now = *waiting.deadline;
+  CHECK(store->listDue(due).value() == std::vector<DueRun>{{{1, 2}, *waiting.deadline}});
   CHECK(store->findByKey(KeyQuery{"Order", "Approve", "A-17", 2}).value().empty());
   // As in every store, the empty key means "no key" and finds nothing.
   CHECK(store->findByKey(KeyQuery{"Order", "Approve", "", 2}).value().empty());
@@ -686,8 +689,10 @@ TEST_CASE("a corrupt asyncflow database gives StoreErrors, never a crash") {
     if (auto rows = store.listWaiting(everything); !rows) expectStoreError(rows.error());
     RunningQuery running{"Order", 2, 0, 1000};
     if (auto ids = store.listRunning(running); !ids) expectStoreError(ids.error());
-    if (auto next = store.nextDeadline(); !next) expectStoreError(next.error());
-    if (auto due = store.listDue(kT0, 1000); !due) expectStoreError(due.error());
+    if (auto next = store.nextDeadline(Timestamp::min()); !next) expectStoreError(next.error());
+    if (auto due = store.listDue(DueQuery{kT0, std::nullopt, 1000}); !due) {
+      expectStoreError(due.error());
+    }
     if (auto keys = store.findByKey(KeyQuery{"Order", "Submit", "", 1000}); !keys) {
       expectStoreError(keys.error());
     }

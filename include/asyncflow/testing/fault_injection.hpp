@@ -190,13 +190,13 @@ class FaultInjectingStore : public StoreWrapper {
     if (auto error = enter(StoreCall::ListRunning)) return tl::unexpected(std::move(*error));
     return StoreWrapper::listRunning(query);
   }
-  Result<std::optional<Timestamp>> nextDeadline() override {
+  Result<std::optional<Timestamp>> nextDeadline(Timestamp after) override {
     if (auto error = enter(StoreCall::NextDeadline)) return tl::unexpected(std::move(*error));
-    return StoreWrapper::nextDeadline();
+    return StoreWrapper::nextDeadline(after);
   }
-  Result<std::vector<StepRunKey>> listDue(Timestamp now, std::size_t limit) override {
+  Result<std::vector<DueRun>> listDue(const DueQuery& query) override {
     if (auto error = enter(StoreCall::ListDue)) return tl::unexpected(std::move(*error));
-    return StoreWrapper::listDue(now, limit);
+    return StoreWrapper::listDue(query);
   }
   Result<std::vector<StepRunKey>> findByKey(const KeyQuery& query) override {
     if (auto error = enter(StoreCall::FindByKey)) return tl::unexpected(std::move(*error));

@@ -321,12 +321,25 @@ inline std::vector<InstanceId> listRunning(Store& store, const RunningQuery& que
   return valueOf(store.listRunning(query), "listRunning");
 }
 
-inline std::optional<Timestamp> nextDeadline(Store& store) {
-  return valueOf(store.nextDeadline(), "nextDeadline");
+inline std::optional<Timestamp> nextDeadline(Store& store,
+                                             Timestamp after = Timestamp::min()) {
+  return valueOf(store.nextDeadline(after), "nextDeadline");
 }
 
+inline std::vector<DueRun> listDuePage(Store& store, Timestamp now, std::size_t limit,
+                                       std::optional<DueRun> after = std::nullopt) {
+  DueQuery query;
+  query.now = now;
+  query.limit = limit;
+  query.after = after;
+  return valueOf(store.listDue(query), "listDue");
+}
+
+// The keys of the first page of due runs.
 inline std::vector<StepRunKey> listDue(Store& store, Timestamp now, std::size_t limit) {
-  return valueOf(store.listDue(now, limit), "listDue");
+  std::vector<StepRunKey> keys;
+  for (const DueRun& due : listDuePage(store, now, limit)) keys.push_back(due.key);
+  return keys;
 }
 
 inline std::vector<StepRunKey> findByKey(Store& store, std::string process, std::string step,
@@ -1478,6 +1491,14 @@ inline void nextDeadlineIsTheEarliestWaitingDeadline(Store& store) {
     CHECK(describe(nextDeadline(store)) == "none");
   }
 
+  SECTION("after a time: only later deadlines count, the time itself excluded") {
+    CHECK(describe(nextDeadline(store, at(1'999))) == describe(at(2'000)));
+    CHECK(describe(nextDeadline(store, at(2'000))) == describe(at(2'500)));
+    CHECK(describe(nextDeadline(store, at(2'500))) == describe(at(3'000)));
+    CHECK(describe(nextDeadline(store, at(3'000))) == "none");
+    CHECK(describe(nextDeadline(store, at(-5'000))) == describe(at(2'000)));
+  }
+
   SECTION("a deadline at or before the epoch is still a deadline") {
     writeRuns(store, quiet, {runDueAt(8, S::Waiting, Timestamp{})});
     CHECK(describe(nextDeadline(store)) == describe(Timestamp{}));
@@ -1527,6 +1548,38 @@ inline void listDueReturnsDueWaitingRunsInDeadlineOrder(Store& store) {
           all.begin(), all.begin() + static_cast<std::ptrdiff_t>(std::min(limit, all.size())));
       CHECK(describeKeys(listDue(store, at(3'000), limit)) == describeKeys(head));
     }
+  }
+
+  SECTION("each run carries its deadline; pages continue after an exclusive cursor") {
+    const std::vector<DueRun> page = listDuePage(store, at(3'000), 100);
+    REQUIRE(page.size() == all.size());
+    const std::vector<Timestamp> deadlines = {at(999),   at(1'000), at(2'000),
+                                              at(2'000), at(2'000), at(3'000)};
+    for (std::size_t i = 0; i < page.size(); ++i) {
+      CHECK(describe(page[i].deadline) == describe(deadlines[i]));
+    }
+    for (std::size_t size : {std::size_t{1}, std::size_t{2}, std::size_t{4}}) {
+      INFO("pages of " << size);
+      std::vector<StepRunKey> walked;
+      std::optional<DueRun> after;
+      for (int pages = 0; pages < 10; ++pages) {
+        const std::vector<DueRun> next = listDuePage(store, at(3'000), size, after);
+        for (const DueRun& due : next) walked.push_back(due.key);
+        if (next.size() < size) break;
+        after = next.back();
+      }
+      CHECK(describeKeys(walked) == describeKeys(all));
+    }
+    // The cursor orders by (deadline, instance, run): a cursor between two runs
+    // with the same deadline splits them.
+    CHECK(describeKeys(listDue(store, at(3'000), 100)) == describeKeys(all));
+    const std::vector<DueRun> tail = listDuePage(store, at(3'000), 100, DueRun{{a, 5}, at(2'000)});
+    std::vector<StepRunKey> tailKeys;
+    for (const DueRun& due : tail) tailKeys.push_back(due.key);
+    CHECK(describeKeys(tailKeys) == describeKeys(std::vector<StepRunKey>{{a, 6}, {b, 4}, {b, 3}}));
+    // A cursor before every deadline is the first page; after the last, nothing.
+    CHECK(listDuePage(store, at(3'000), 100, DueRun{{0, 0}, at(-1)}).size() == all.size());
+    CHECK(listDuePage(store, at(3'000), 100, DueRun{{b, 3}, at(3'000)}).empty());
   }
 
   SECTION("a run that stops waiting or is extended leaves the list") {
@@ -1781,10 +1834,10 @@ inline void checkStoreConformance(const StoreFactory& makeStore) {
     run(detail::historyIsAppendedInWriteOrder);
   }
   SECTION("a Conflict appends no history") { run(detail::conflictAppendsNoHistory); }
-  SECTION("nextDeadline is the earliest deadline of a Waiting run") {
+  SECTION("nextDeadline is the earliest deadline of a Waiting run, after a time") {
     run(detail::nextDeadlineIsTheEarliestWaitingDeadline);
   }
-  SECTION("listDue returns due Waiting runs by deadline, then (instance, run), up to limit") {
+  SECTION("listDue pages due Waiting runs by (deadline, instance, run) after a cursor") {
     run(detail::listDueReturnsDueWaitingRunsInDeadlineOrder);
   }
   SECTION("findByKey returns Waiting runs of exactly one process, step and key") {

@@ -144,12 +144,12 @@ Result<std::vector<InstanceId>> MemoryStore::listRunning(const RunningQuery& que
   }
 }
 
-Result<std::optional<Timestamp>> MemoryStore::nextDeadline() {
+Result<std::optional<Timestamp>> MemoryStore::nextDeadline(Timestamp after) {
   std::lock_guard lock(state_->mutex);
   std::optional<Timestamp> earliest;
   for (const auto& [id, instance] : state_->instances) {
     for (const auto& [run, record] : instance.runs) {
-      if (record.status == StepRunStatus::Waiting && record.deadline &&
+      if (record.status == StepRunStatus::Waiting && record.deadline && *record.deadline > after &&
           (!earliest || *record.deadline < *earliest)) {
         earliest = record.deadline;
       }
@@ -158,24 +158,27 @@ Result<std::optional<Timestamp>> MemoryStore::nextDeadline() {
   return earliest;
 }
 
-Result<std::vector<StepRunKey>> MemoryStore::listDue(Timestamp now, std::size_t limit) {
+Result<std::vector<DueRun>> MemoryStore::listDue(const DueQuery& query) {
   try {
     std::lock_guard lock(state_->mutex);
-    std::vector<std::pair<Timestamp, StepRunKey>> due;
+    const auto order = [](const DueRun& r) {
+      return std::tie(r.deadline, r.key.instance, r.key.run);
+    };
+    std::vector<DueRun> due;
     for (const auto& [id, instance] : state_->instances) {
       for (const auto& [run, record] : instance.runs) {
-        if (record.status == StepRunStatus::Waiting && record.deadline && *record.deadline <= now) {
-          due.emplace_back(*record.deadline, StepRunKey{id, run});
+        if (record.status != StepRunStatus::Waiting || !record.deadline ||
+            *record.deadline > query.now) {
+          continue;
         }
+        DueRun candidate{StepRunKey{id, run}, *record.deadline};
+        if (!query.after || order(candidate) > order(*query.after)) due.push_back(candidate);
       }
     }
-    std::sort(due.begin(), due.end(), [](const auto& a, const auto& b) {
-      return std::tie(a.first, a.second.instance, a.second.run) <
-             std::tie(b.first, b.second.instance, b.second.run);
-    });
-    std::vector<StepRunKey> keys;
-    for (std::size_t i = 0; i < due.size() && i < limit; ++i) keys.push_back(due[i].second);
-    return keys;
+    std::sort(due.begin(), due.end(),
+              [&](const DueRun& a, const DueRun& b) { return order(a) < order(b); });
+    if (due.size() > query.limit) due.resize(query.limit);
+    return due;
   } catch (const std::bad_alloc&) {
     return fail(Errc::StoreError, "out of memory");
   }

@@ -601,11 +601,14 @@ struct Reads {
                 "ORDER BY seq"),
         nextDeadline(db,
                      "SELECT min(deadline) FROM step_runs "
-                     "WHERE status = 'Waiting' AND deadline IS NOT NULL"),
+                     "WHERE status = 'Waiting' AND deadline IS NOT NULL AND deadline > ?1"),
+        // The partial index on deadline ends each entry with the table's key, so
+        // (deadline, instance_id, run) is its order: a keyset page is one range.
         due(db,
-            "SELECT instance_id, run FROM step_runs "
+            "SELECT instance_id, run, deadline FROM step_runs "
             "WHERE status = 'Waiting' AND deadline IS NOT NULL AND deadline <= ?1 "
-            "ORDER BY deadline, instance_id, run LIMIT ?2"),
+            "AND (deadline, instance_id, run) > (?2, ?3, ?4) "
+            "ORDER BY deadline, instance_id, run LIMIT ?5"),
         byKey(db,
               "SELECT r.instance_id, r.run "
               "FROM step_runs AS r JOIN instances AS i ON i.id = r.instance_id "
@@ -800,11 +803,12 @@ class SqliteStore::Impl {
     });
   }
 
-  Result<std::optional<Timestamp>> nextDeadline() {
+  Result<std::optional<Timestamp>> nextDeadline(Timestamp after) {
     return mapExceptions("nextDeadline", [&]() -> Result<std::optional<Timestamp>> {
       ReadLease lease(*this);
       SQLite::Statement& s = lease.reads().nextDeadline;
       Use use(s);
+      bindTime(s, 1, after);
       std::optional<Timestamp> earliest;
       // An aggregate always answers one row: NULL when no waiting run has a deadline.
       if (s.executeStep() && !s.isColumnNull(0)) earliest = fromMicros(s.getColumn(0).getInt64());
@@ -812,14 +816,28 @@ class SqliteStore::Impl {
     });
   }
 
-  Result<std::vector<StepRunKey>> listDue(Timestamp now, std::size_t limit) {
-    return mapExceptions("listDue", [&]() -> Result<std::vector<StepRunKey>> {
+  Result<std::vector<DueRun>> listDue(const DueQuery& query) {
+    return mapExceptions("listDue", [&]() -> Result<std::vector<DueRun>> {
       ReadLease lease(*this);
       SQLite::Statement& s = lease.reads().due;
       Use use(s);
-      bindTime(s, 1, now);
-      s.bind(2, limitOf(limit));
-      return readKeys(s);
+      bindTime(s, 1, query.now);
+      if (query.after) {
+        bindTime(s, 2, query.after->deadline);
+        s.bind(3, static_cast<std::int64_t>(query.after->key.instance));
+        s.bind(4, query.after->key.run);
+      } else {
+        s.bind(2, std::numeric_limits<std::int64_t>::min());  // before every deadline
+        s.bind(3, std::int64_t{0});
+        s.bind(4, std::int64_t{0});
+      }
+      s.bind(5, limitOf(query.limit));
+      std::vector<DueRun> due;
+      while (s.executeStep()) {
+        due.push_back(DueRun{StepRunKey{s.getColumn(0).getInt64(), s.getColumn(1).getInt64()},
+                             fromMicros(s.getColumn(2).getInt64())});
+      }
+      return due;
     });
   }
 
@@ -1270,10 +1288,12 @@ Result<std::vector<InstanceId>> SqliteStore::listRunning(const RunningQuery& que
   return impl_->listRunning(query);
 }
 
-Result<std::optional<Timestamp>> SqliteStore::nextDeadline() { return impl_->nextDeadline(); }
+Result<std::optional<Timestamp>> SqliteStore::nextDeadline(Timestamp after) {
+  return impl_->nextDeadline(after);
+}
 
-Result<std::vector<StepRunKey>> SqliteStore::listDue(Timestamp now, std::size_t limit) {
-  return impl_->listDue(now, limit);
+Result<std::vector<DueRun>> SqliteStore::listDue(const DueQuery& query) {
+  return impl_->listDue(query);
 }
 
 Result<std::vector<StepRunKey>> SqliteStore::findByKey(const KeyQuery& query) {
