@@ -28,7 +28,9 @@ struct EngineOptions {
   // 0 (the default): they run inline, in the thread that called start() or
   // completeServerEvent(), before it returns.
   std::size_t workers = 0;
-  // Time source for records. Default (null): the system clock.
+  // Time source for records, deadlines and the timer thread's sleep. Default
+  // (null): the system clock. With a ManualClock the timer thread sleeps until
+  // the clock is moved (ManualClock::awaitSleepers tells when it sleeps again).
   std::shared_ptr<Clock> clock;
   // Source of serial secrets. Default (null): the OS CSPRNG.
   std::shared_ptr<RandomSource> random;
@@ -36,9 +38,15 @@ struct EngineOptions {
   // version it defines that a crash left mid-step (see recover()).
   bool recoverOnDefine = true;
   // When true (the default), a thread sleeps until the earliest deadline in the
-  // store and fires the timers then; it never polls. Tests with a ManualClock
-  // turn it off and call runDueTimers() after moving the clock.
+  // store (on the clock's Alarm) and fires the timers then; it never polls.
+  // When false, the host calls runDueTimers() itself.
   bool timerThread = true;
+  // A drive runs at most this many steps of one instance in a row, then yields:
+  // the instance continues later (on a worker; inline, on the timer thread or
+  // at the next runDueTimers()), so that a process that loops without waiting
+  // (a handler's goTo()) never blocks a caller or a worker forever. Logged at
+  // Warning. Default: 1000; 0 is taken as 1.
+  std::size_t maxStepsPerDrive = 1000;
   // Told of every transition. Default: none.
   std::shared_ptr<Listener> listener;
   // Receives log lines (transitions at Info, trouble at Warning and Error).
@@ -116,7 +124,9 @@ class Engine {
 
   // Registers a process version. InvalidProcess, with the reason, when it has no
   // steps, an empty or duplicate step or field name, a line naming an unknown
-  // step, a default of the wrong type, or a name and version already defined.
+  // step, a default of the wrong type, a timeout or heartbeat of zero or less,
+  // a cycle of lines that no rule and no async step breaks (naming its steps),
+  // or a name and version already defined.
   // Then, if options.recoverOnDefine, recovers that version's instances (see
   // recover()); if that fails the process stays defined and the error is
   // returned, so the host can call recover() again.
@@ -130,9 +140,26 @@ class Engine {
 
   // The external system's callback: completes the step run named by `serial`
   // with `fields`. Success means the completion is durable; the next steps then
-  // run (inline mode: before this returns). See the outcome table in README.md:
-  // InvalidSerial, NotFound, AlreadyCompleted, TimedOut, StepFailed, Cancelled,
-  // InvalidField, StoreError, Conflict; on any error nothing changed.
+  // run (inline mode: before this returns; with workers: on a worker). Each
+  // outcome has its own code, and on every error nothing changed:
+  //
+  //   situation                                          result
+  //   the step waits, fields valid                       success: fields merged, next step runs
+  //   its handler has not returned yet                   success: recorded, applied the moment
+  //                                                      the handler returns wait() or complete()
+  //                                                      (if the handler fails, the step fails)
+  //   empty, malformed, wrong secret, or no secret
+  //     where this engine requires one                   InvalidSerial
+  //   well-formed but unknown, or a synchronous step     NotFound
+  //   already completed, or a completion recorded        AlreadyCompleted
+  //   timed out / failed / instance cancelled            TimedOut / StepFailed / Cancelled
+  //   a field undeclared or of the wrong type            InvalidField, naming the field
+  //   the store failed (disk full, busy, I/O)            StoreError; the caller may retry
+  //   the instance kept changing under the call          Conflict; retry
+  //   its process version is not defined here            ProcessNotDefined; define it, retry
+  //
+  // Concurrent completions of one serial: exactly one succeeds, the others get
+  // AlreadyCompleted.
   [[nodiscard]] Result<void> completeServerEvent(std::string_view serial, Fields fields = {});
 
   // The external system reports that the work failed: the step run fails with
@@ -173,10 +200,12 @@ class Engine {
 
   // Fires every timer whose deadline is at or before the clock's now: the run
   // becomes TimedOut and the instance escalates or fails. Returns how many fired.
+  // A timer whose process version is not defined here stays due and is skipped.
   // StoreError when the store failed to fire a timer: that one stays due for the
-  // next call (the others still fire). The timer thread calls this, and after a
-  // StoreError tries again a second later; hosts with timerThread off call it
-  // themselves.
+  // next call (the others still fire). Also continues, when due, the drives the
+  // engine delayed (a drive that yielded, or backs off after a store failure).
+  // The timer thread does the same by itself (after a StoreError it tries again
+  // a second later); hosts with timerThread off call this themselves.
   [[nodiscard]] Result<std::size_t> runDueTimers();
 
   // Ends the instance: its open step run and the instance become Cancelled, and

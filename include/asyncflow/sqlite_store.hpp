@@ -96,7 +96,8 @@ class SqliteStore final : public Store {
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) override;
 
  private:
-  friend class SqliteStoreProbe;  // tests observe the commit queue (src/sqlite_store_probe.hpp)
+  // Tests observe the commit queue's depth (src/store/sqlite/sqlite_store_probe.hpp).
+  friend class SqliteStoreProbe;
   class Impl;
   explicit SqliteStore(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

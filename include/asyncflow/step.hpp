@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -149,14 +150,16 @@ class AsyncStep {
 
   // A deadline `after` the step begins to wait. When it passes without a
   // completion the run becomes TimedOut and the instance goes on at
-  // `escalateTo`, or fails when that is empty. `after` must be positive.
+  // `escalateTo`, or fails when that is empty. define() refuses an `after` of
+  // zero or less (InvalidProcess).
   AsyncStep& timeout(Duration after, std::string escalateTo = {}) {
     timeout_ = after;
     escalateTo_ = std::move(escalateTo);
     return *this;
   }
   // Each heartbeat(serial) moves the deadline to `interval` after the heartbeat
-  // (without an interval, heartbeats move it by the timeout). Needs a timeout.
+  // (without an interval, heartbeats move it by the timeout). Needs a timeout;
+  // define() refuses an `interval` of zero or less (InvalidProcess).
   AsyncStep& heartbeat(Duration interval) {
     heartbeat_ = interval;
     return *this;
@@ -176,18 +179,20 @@ class AsyncStep {
 
   const std::string& name() const noexcept { return name_; }
   const Handler& handler() const noexcept { return handler_; }
-  Duration timeoutAfter() const noexcept { return timeout_; }  // zero: none
+  // What timeout() was given; empty when it was not called.
+  std::optional<Duration> timeoutAfter() const noexcept { return timeout_; }
   const std::string& escalationStep() const noexcept { return escalateTo_; }
-  Duration heartbeatInterval() const noexcept { return heartbeat_; }  // zero: none
+  // What heartbeat() was given; empty when it was not called.
+  std::optional<Duration> heartbeatInterval() const noexcept { return heartbeat_; }
   const std::string& correlationField() const noexcept { return correlateField_; }
   const std::string& errorStep() const noexcept { return onError_; }
 
  private:
   std::string name_;
   Handler handler_;
-  Duration timeout_{0};
+  std::optional<Duration> timeout_;
   std::string escalateTo_;
-  Duration heartbeat_{0};
+  std::optional<Duration> heartbeat_;
   std::string correlateField_;
   std::string onError_;
 };

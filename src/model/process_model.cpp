@@ -1,5 +1,6 @@
 #include "model/process_model.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <exception>
 #include <type_traits>
@@ -153,10 +154,10 @@ Result<std::shared_ptr<const CompiledProcess>> compileProcess(const Process& pro
     auto escalateTo = target(escalation, "escalation");
     if (!escalateTo) return tl::unexpected(escalateTo.error());
     step.escalateTo = *escalateTo;
-    if (step.timeout.count() < 0 || (step.escalateTo && step.timeout.count() == 0)) {
+    if ((step.timeout && step.timeout->count() <= 0) || (step.escalateTo && !step.timeout)) {
       return invalid(fmt::format("step '{}' needs a positive timeout", step.name));
     }
-    if (step.heartbeat.count() < 0 || (step.heartbeat.count() > 0 && step.timeout.count() == 0)) {
+    if (step.heartbeat && (step.heartbeat->count() <= 0 || !step.timeout)) {
       return invalid(fmt::format(
           "step '{}': a heartbeat interval must be positive and needs a timeout", step.name));
     }
@@ -178,7 +179,58 @@ Result<std::shared_ptr<const CompiledProcess>> compileProcess(const Process& pro
     }
     compiled->steps[from->second].lines.push_back(i);
   }
+  if (auto cycle = forcedCycle(*compiled); !cycle.empty()) {
+    std::string path;
+    for (const std::string& step : cycle) {
+      if (!path.empty()) path += " -> ";
+      path += fmt::format("'{}'", quoted(step));
+    }
+    return invalid(fmt::format(
+        "its lines force the cycle {}: every step on it is synchronous and its line has no "
+        "rule, so an instance would never wait or end; give a line a rule or put an async "
+        "step on it",
+        path));
+  }
   return std::shared_ptr<const CompiledProcess>(std::move(compiled));
+}
+
+std::vector<std::string> forcedCycle(const CompiledProcess& process) {
+  const std::size_t count = process.steps.size();
+  constexpr std::size_t kNone = static_cast<std::size_t>(-1);
+  // Where each synchronous step forces an instance to go next; kNone where a
+  // rule decides, the instance ends, or the step waits (async).
+  std::vector<std::size_t> forced(count, kNone);
+  for (std::size_t i = 0; i < count; ++i) {
+    const CompiledStep& step = process.steps[i];
+    if (step.kind != StepKind::Sync) continue;
+    if (step.lines.empty()) {
+      if (i + 1 < count) forced[i] = i + 1;
+    } else if (const Line& first = process.lines[step.lines.front()]; !first.rule) {
+      forced[i] = process.stepIndex.at(first.to);
+    }
+  }
+  // Each step has at most one forced successor, so following them from any
+  // step either stops or enters one cycle. 0: unvisited, 1: on the current
+  // path, 2: done (no cycle through it).
+  std::vector<int> state(count, 0);
+  for (std::size_t start = 0; start < count; ++start) {
+    std::vector<std::size_t> path;
+    std::size_t at = start;
+    while (at != kNone && state[at] == 0) {
+      state[at] = 1;
+      path.push_back(at);
+      at = forced[at];
+    }
+    if (at != kNone && state[at] == 1) {
+      std::vector<std::string> cycle;
+      auto from = std::find(path.begin(), path.end(), at);
+      for (auto it = from; it != path.end(); ++it) cycle.push_back(process.steps[*it].name);
+      cycle.push_back(process.steps[at].name);
+      return cycle;
+    }
+    for (std::size_t visited : path) state[visited] = 2;
+  }
+  return {};
 }
 
 }  // namespace asyncflow::detail

@@ -13,11 +13,12 @@
 #include "asyncflow/error.hpp"
 #include "asyncflow/fields.hpp"
 #include "asyncflow/process.hpp"
+#include "asyncflow/records.hpp"
 #include "asyncflow/step.hpp"
-#include "asyncflow/store.hpp"
 
 namespace asyncflow::detail {
 
+// One step of a compiled process: its handler and everything define() checked.
 struct CompiledStep {
   std::string name;
   StepKind kind = StepKind::Sync;
@@ -25,10 +26,11 @@ struct CompiledStep {
   AsyncStep::Handler async;
   std::vector<std::size_t> lines;      // indices into CompiledProcess::lines, in declaration order
   std::optional<std::size_t> onError;  // the error line's target
-  std::chrono::milliseconds timeout{0};    // zero: no deadline
-  std::optional<std::size_t> escalateTo;   // where a timeout goes; none: the instance fails
-  std::chrono::milliseconds heartbeat{0};  // zero: heartbeats move the deadline by `timeout`
-  std::string correlateField;              // empty: no business key
+  std::optional<std::chrono::milliseconds> timeout;  // positive; none: no deadline
+  std::optional<std::size_t> escalateTo;  // where a timeout goes; none: the instance fails
+  // Positive; none: a heartbeat moves the deadline by `timeout`.
+  std::optional<std::chrono::milliseconds> heartbeat;
+  std::string correlateField;  // empty: no business key
 };
 
 // Where an instance goes after a step.
@@ -68,8 +70,17 @@ struct CompiledProcess {
 // Validates and indexes a Process. InvalidProcess with the reason when it has no
 // steps, an empty or duplicate step or field name, a Null-typed field, a default
 // of the wrong type, a step without a handler, a line, error line or escalation
-// naming an unknown step, a timeout or heartbeat that is not positive, a
-// heartbeat without a timeout, or a correlation field that is not declared.
+// naming an unknown step, a timeout or heartbeat that is not positive, an
+// escalation or heartbeat without a timeout, a correlation field that is not
+// declared, or a cycle its lines force (see forcedCycle).
 Result<std::shared_ptr<const CompiledProcess>> compileProcess(const Process& process);
+
+// The steps of a cycle that an instance, once in it, could never leave by its
+// lines, in the order it runs them (the first repeated at the end), or empty. A
+// step forces where the instance goes next when its first line has no rule (or,
+// without lines, it continues with the next declared step); a cycle of such
+// steps that are all synchronous never waits or ends unless a handler returns
+// goTo(), finish() or fail(). A line with a rule, or an async step, breaks it.
+std::vector<std::string> forcedCycle(const CompiledProcess& process);
 
 }  // namespace asyncflow::detail

@@ -6,11 +6,12 @@
 #include <fmt/format.h>
 
 #include "model/serial.hpp"
+#include "util/text.hpp"
 
 namespace asyncflow::detail {
 namespace {
 
-HistoryEvent event(HistoryKind kind, Timestamp at, const StepRunRecord* run,
+HistoryEvent entry(HistoryKind kind, Timestamp at, const StepRunRecord* run,
                    std::string detail = {}) {
   HistoryEvent e;
   e.at = at;
@@ -36,11 +37,48 @@ std::string fieldNames(const Fields& fields) {
 
 void failInstance(ChangeSet& set, std::string why, Timestamp now) {
   set.instance.status = InstanceStatus::Failed;
-  set.history.push_back(event(HistoryKind::Failed, now, nullptr, why));
+  set.history.push_back(entry(HistoryKind::Failed, now, nullptr, why));
   set.instance.error = std::move(why);
 }
 
+bool isOpen(StepRunStatus status) noexcept {
+  return status == StepRunStatus::Ready || status == StepRunStatus::Starting ||
+         status == StepRunStatus::Waiting;
+}
+
+// The serial's ids, for messages: a secret never appears in one.
+std::string idsOf(const StepRunRecord& run) { return formatSerial(run.instance, run.run, {}); }
+
 }  // namespace
+
+std::string_view runEventName(RunEvent event) noexcept {
+  switch (event) {
+    case RunEvent::Crash: return "Crash";
+    case RunEvent::HandlerReturned: return "HandlerReturned";
+    case RunEvent::Complete: return "Complete";
+    case RunEvent::Fail: return "Fail";
+    case RunEvent::Heartbeat: return "Heartbeat";
+    case RunEvent::Deadline: return "Deadline";
+    case RunEvent::Cancel: return "Cancel";
+    case RunEvent::Retry: return "Retry";
+  }
+  return "Unknown";
+}
+
+RunEvent runEventOf(ServerEvent::Kind kind) noexcept {
+  switch (kind) {
+    case ServerEvent::Kind::Complete: return RunEvent::Complete;
+    case ServerEvent::Kind::Fail: return RunEvent::Fail;
+    case ServerEvent::Kind::Heartbeat: return RunEvent::Heartbeat;
+  }
+  return RunEvent::Complete;
+}
+
+tl::unexpected<Error> noTransition(const StepRunRecord& run, RunEvent event) {
+  return fail(Errc::Internal,
+              fmt::format("step run {} ('{}'): no transition from {} on {}", idsOf(run),
+                          quoted(run.step), statusName(run.status), runEventName(event)));
+}
 
 std::string correlationKeyOf(const Value& value) {
   return std::visit(
@@ -59,11 +97,46 @@ std::string correlationKeyOf(const Value& value) {
       value.variant());
 }
 
-ChangeSet Transitions::touch(const InstanceSnapshot& snapshot, Timestamp now) {
+std::optional<std::int64_t> openRunOf(const InstanceRecord& record) noexcept {
+  const bool live =
+      record.status == InstanceStatus::Running || record.status == InstanceStatus::Waiting;
+  if (!live || record.currentRun == 0) return std::nullopt;
+  return record.currentRun;
+}
+
+Result<const CompiledStep*> stepOf(const CompiledProcess& process, const StepRunRecord& run) {
+  auto index = process.stepIndex.find(run.step);
+  if (index == process.stepIndex.end()) {
+    return fail(Errc::ProcessNotDefined,
+                fmt::format("instance {} runs process '{}' version {}, whose definition in this "
+                            "engine has no step '{}'; nothing changed",
+                            run.instance, quoted(process.name), process.version, quoted(run.step)));
+  }
+  return &process.steps[index->second];
+}
+
+ChangeSet Transitions::guardedUpdate(const InstanceSnapshot& snapshot, Timestamp now) {
   ChangeSet set;
   set.expectedVersion = snapshot.record.version;
   set.instance = snapshot.record;
   set.instance.updatedAt = now;
+  return set;
+}
+
+// (none) --start--> Running, first step Starting.
+Result<ChangeSet> Transitions::start(const CompiledProcess& process, const Fields& fields,
+                                     Timestamp now) const {
+  ChangeSet set;
+  set.instance.process = process.name;
+  set.instance.processVersion = process.version;
+  set.instance.createdAt = now;
+  set.instance.updatedAt = now;
+  set.fields = process.defaults;
+  set.fields.merge(fields);
+  set.history.push_back(entry(HistoryKind::Started, now, nullptr,
+                              fmt::format("{} version {}", process.name, process.version)));
+  auto first = schedule(set, process, 0, 1, now);
+  if (!first) return tl::unexpected(first.error());
   return set;
 }
 
@@ -89,47 +162,73 @@ Result<void> Transitions::schedule(ChangeSet& set, const CompiledProcess& proces
   set.instance.lastRun = run.run;
   set.instance.currentRun = run.run;
   set.instance.status = InstanceStatus::Running;
-  set.history.push_back(event(HistoryKind::StepStarted, now, &run, std::move(detail)));
+  set.history.push_back(entry(HistoryKind::StepStarted, now, &run, std::move(detail)));
   set.stepRuns.push_back(std::move(run));
   return {};
 }
 
+// Ready | Starting --crash--> Starting (attempt+1).
+Result<ChangeSet> Transitions::restartAfterCrash(const InstanceSnapshot& snapshot,
+                                                 StepRunRecord run, Timestamp now) {
+  if (run.status != StepRunStatus::Ready && run.status != StepRunStatus::Starting) {
+    return noTransition(run, RunEvent::Crash);
+  }
+  ++run.attempt;
+  run.status = StepRunStatus::Starting;
+  ChangeSet set = guardedUpdate(snapshot, now);
+  set.history.push_back(entry(HistoryKind::StepStarted, now, &run,
+                              fmt::format("attempt {}, after a crash", run.attempt)));
+  set.stepRuns.push_back(std::move(run));
+  return set;
+}
+
+// End --> instance Completed; Failure --> instance Failed; Step --> its new run.
 Result<void> Transitions::follow(ChangeSet& set, const CompiledProcess& process, const Route& route,
                                  Timestamp now) const {
   switch (route.kind) {
     case Route::Kind::End:
       set.instance.status = InstanceStatus::Completed;
-      set.history.push_back(event(HistoryKind::Completed, now, nullptr));
+      set.history.push_back(entry(HistoryKind::Completed, now, nullptr));
       return {};
     case Route::Kind::Failure: failInstance(set, route.error, now); return {};
     case Route::Kind::Step: return schedule(set, process, route.step, 1, now);
   }
-  return {};
+  return fail(Errc::Internal, "follow: a route of unknown kind");
 }
 
+// Starting --handler returned--> Waiting | Completed | Failed;
+// Waiting --Complete | Fail--> Completed | Failed.
 Result<ChangeSet> Transitions::close(const CompiledProcess& process,
                                      const InstanceSnapshot& snapshot, StepRunRecord run,
-                                     HandlerResult result, Timestamp now) const {
-  ChangeSet set = touch(snapshot, now);
-  set.fields = std::move(result.writes);
+                                     Decision decision, Timestamp now) const {
+  const bool waiting = run.status == StepRunStatus::Waiting;
+  const bool fromExternal =
+      decision.kind == Decision::Kind::Complete || decision.kind == Decision::Kind::Fail;
+  if (run.status != StepRunStatus::Starting && !(waiting && fromExternal)) {
+    return noTransition(run, RunEvent::HandlerReturned);
+  }
+  auto found = stepOf(process, run);
+  if (!found) return tl::unexpected(found.error());
+  const CompiledStep& step = **found;
   const std::size_t from = process.stepIndex.at(run.step);
-  const CompiledStep& step = process.steps[from];
+  ChangeSet set = guardedUpdate(snapshot, now);
+  set.fields = std::move(decision.writes);
 
   // A failure the external system reported before the step waited wins over
   // whatever the handler decided next.
   const bool failureArrived = run.hasCompletion && !run.error.empty();
-  if (failureArrived && result.kind != HandlerResult::Kind::Fail) {
-    result.kind = HandlerResult::Kind::Fail;
-    result.text = run.error;
+  if (failureArrived && decision.kind != Decision::Kind::Fail) {
+    decision.kind = Decision::Kind::Fail;
+    decision.text = run.error;
   }
 
-  if (result.kind == HandlerResult::Kind::Fail) {
+  if (decision.kind == Decision::Kind::Fail) {
     if (failureArrived) set.fields.merge(run.completion);  // the failure's details
     run.completion = Fields();
     run.status = StepRunStatus::Failed;
-    run.error = result.text;
+    run.error = decision.text;
     run.finishedAt = now;
-    set.history.push_back(event(HistoryKind::StepFailed, now, &run, result.text));
+    set.history.push_back(entry(HistoryKind::StepFailed, now, &run, decision.text));
     set.stepRuns.push_back(std::move(run));
     if (step.onError) {
       auto scheduled = schedule(set, process, *step.onError, 1, now,
@@ -137,14 +236,14 @@ Result<ChangeSet> Transitions::close(const CompiledProcess& process,
       if (!scheduled) return tl::unexpected(scheduled.error());
       return set;
     }
-    failInstance(set, fmt::format("step '{}' failed: {}", step.name, result.text), now);
+    failInstance(set, fmt::format("step '{}' failed: {}", step.name, decision.text), now);
     return set;
   }
 
-  if (result.kind == HandlerResult::Kind::Wait && !run.hasCompletion) {
+  if (decision.kind == Decision::Kind::Wait && !run.hasCompletion) {
     run.status = StepRunStatus::Waiting;
     run.waitingSince = now;
-    if (step.timeout.count() > 0) run.deadline = now + step.timeout;
+    if (step.timeout) run.deadline = now + *step.timeout;
     if (!step.correlateField.empty()) {
       Fields after = snapshot.fields;
       after.merge(set.fields);
@@ -154,8 +253,7 @@ Result<ChangeSet> Transitions::close(const CompiledProcess& process,
     }
     set.instance.status = InstanceStatus::Waiting;
     // The history shows the serial's ids, never its secret.
-    set.history.push_back(
-        event(HistoryKind::Waiting, now, &run, formatSerial(run.instance, run.run, {})));
+    set.history.push_back(entry(HistoryKind::Waiting, now, &run, idsOf(run)));
     set.stepRuns.push_back(std::move(run));
     return set;
   }
@@ -163,7 +261,7 @@ Result<ChangeSet> Transitions::close(const CompiledProcess& process,
   // Completed: by the handler, or by a completion that arrived meanwhile. The
   // completion's fields land after the handler's writes, and from then on live
   // in the instance, not on the run.
-  if (result.kind == HandlerResult::Kind::Wait) run.waitingSince = now;
+  if (decision.kind == Decision::Kind::Wait) run.waitingSince = now;
   std::string completedWith;
   if (run.hasCompletion) {
     completedWith = fieldNames(run.completion);
@@ -172,17 +270,17 @@ Result<ChangeSet> Transitions::close(const CompiledProcess& process,
   }
   run.status = StepRunStatus::Completed;
   run.finishedAt = now;
-  set.history.push_back(event(HistoryKind::StepCompleted, now, &run, std::move(completedWith)));
+  set.history.push_back(entry(HistoryKind::StepCompleted, now, &run, std::move(completedWith)));
   set.stepRuns.push_back(std::move(run));
 
   Route route;
-  if (result.kind == HandlerResult::Kind::Finish) {
+  if (decision.kind == Decision::Kind::Finish) {
     route = Route::end();
-  } else if (result.kind == HandlerResult::Kind::GoTo) {
-    auto target = process.stepIndex.find(result.text);
+  } else if (decision.kind == Decision::Kind::GoTo) {
+    auto target = process.stepIndex.find(decision.text);
     route = target == process.stepIndex.end()
-                ? Route::failure(
-                      fmt::format("step '{}' went to unknown step '{}'", step.name, result.text))
+                ? Route::failure(fmt::format("step '{}' went to unknown step '{}'", step.name,
+                                             quoted(decision.text)))
                 : Route::to(target->second);
   } else {
     Fields after = snapshot.fields;
@@ -194,16 +292,23 @@ Result<ChangeSet> Transitions::close(const CompiledProcess& process,
   return set;
 }
 
+bool Transitions::isDue(const StepRunRecord& run, Timestamp now) noexcept {
+  return run.status == StepRunStatus::Waiting && run.deadline && *run.deadline <= now;
+}
+
+// Waiting --deadline--> TimedOut, then the escalation step or instance Failed.
 Result<ChangeSet> Transitions::timeOut(const CompiledProcess& process,
                                        const InstanceSnapshot& snapshot, StepRunRecord run,
                                        Timestamp now) const {
-  ChangeSet set = touch(snapshot, now);
-  const std::size_t from = process.stepIndex.at(run.step);
-  const CompiledStep& step = process.steps[from];
+  if (run.status != StepRunStatus::Waiting) return noTransition(run, RunEvent::Deadline);
+  auto found = stepOf(process, run);
+  if (!found) return tl::unexpected(found.error());
+  const CompiledStep& step = **found;
+  ChangeSet set = guardedUpdate(snapshot, now);
   run.status = StepRunStatus::TimedOut;
   run.error = "its deadline passed";
   run.finishedAt = now;
-  set.history.push_back(event(HistoryKind::TimedOut, now, &run));
+  set.history.push_back(entry(HistoryKind::TimedOut, now, &run));
   set.stepRuns.push_back(std::move(run));
   if (step.escalateTo) {
     auto scheduled = schedule(set, process, *step.escalateTo, 1, now,
@@ -212,6 +317,150 @@ Result<ChangeSet> Transitions::timeOut(const CompiledProcess& process,
     return set;
   }
   failInstance(set, fmt::format("step '{}' timed out", step.name), now);
+  return set;
+}
+
+// Sync run: NotFound; Cancelled: Cancelled; Completed: AlreadyCompleted;
+// Failed: StepFailed; TimedOut: TimedOut; Ready | Starting with a recorded
+// completion: AlreadyCompleted for Complete and Fail; otherwise taken.
+Result<void> Transitions::admit(const InstanceSnapshot& snapshot, const StepRunRecord& run,
+                                std::optional<ServerEvent::Kind> event) {
+  const std::string ids = idsOf(run);
+  if (run.kind != StepKind::Async) {
+    return fail(Errc::NotFound,
+                fmt::format("step run {} ('{}') is not an async step", ids, quoted(run.step)));
+  }
+  if (run.status == StepRunStatus::Cancelled ||
+      snapshot.record.status == InstanceStatus::Cancelled) {
+    return fail(Errc::Cancelled, fmt::format("instance {} was cancelled", run.instance));
+  }
+  switch (run.status) {
+    case StepRunStatus::Completed:
+      return fail(Errc::AlreadyCompleted, fmt::format("step run {} is already completed", ids));
+    case StepRunStatus::Failed:
+      return fail(Errc::StepFailed, fmt::format("step run {} failed: {}", ids, quoted(run.error)));
+    case StepRunStatus::TimedOut:
+      return fail(Errc::TimedOut, fmt::format("step run {} timed out", ids));
+    case StepRunStatus::Ready:
+    case StepRunStatus::Starting:
+      if (run.hasCompletion && event && *event != ServerEvent::Kind::Heartbeat) {
+        return fail(Errc::AlreadyCompleted,
+                    fmt::format("step run {} already has a completion recorded", ids));
+      }
+      return {};
+    case StepRunStatus::Waiting: return {};
+    case StepRunStatus::Cancelled: break;  // refused above
+  }
+  return noTransition(run, event ? runEventOf(*event) : RunEvent::Complete);
+}
+
+// Waiting --complete/fail--> close; Ready | Starting --complete/fail--> recorded;
+// Ready | Starting | Waiting --heartbeat--> recorded (a Waiting deadline moves).
+Result<ChangeSet> Transitions::applyEvent(const CompiledProcess& process,
+                                          const InstanceSnapshot& snapshot, StepRunRecord run,
+                                          ServerEvent event, Timestamp now) const {
+  if (!isOpen(run.status)) return noTransition(run, runEventOf(event.kind));
+  const std::string reason =
+      event.reason.empty() ? std::string("the external system reported a failure") : event.reason;
+  if (event.kind == ServerEvent::Kind::Heartbeat) {
+    auto found = stepOf(process, run);
+    if (!found) return tl::unexpected(found.error());
+    const CompiledStep& step = **found;
+    ChangeSet set = guardedUpdate(snapshot, now);
+    const auto interval = step.heartbeat ? step.heartbeat : step.timeout;
+    std::string detail;
+    if (run.status == StepRunStatus::Waiting && interval) {
+      run.deadline = now + *interval;
+      detail = "deadline moved";
+    }
+    set.history.push_back(entry(HistoryKind::Heartbeat, now, &run, std::move(detail)));
+    set.stepRuns.push_back(std::move(run));
+    return set;
+  }
+  if (run.status == StepRunStatus::Waiting) {
+    Decision decision;
+    if (event.kind == ServerEvent::Kind::Complete) {
+      decision.kind = Decision::Kind::Complete;
+      run.hasCompletion = true;
+      run.completion = std::move(event.fields);
+    } else {
+      decision.kind = Decision::Kind::Fail;
+      decision.text = reason;
+      decision.writes = std::move(event.fields);
+    }
+    return close(process, snapshot, std::move(run), std::move(decision), now);
+  }
+  // Ready or Starting: the handler has not returned yet. Record the event; it
+  // is applied as soon as the handler returns (close()).
+  if (run.hasCompletion) return noTransition(run, runEventOf(event.kind));  // admit() refuses it
+  ChangeSet set = guardedUpdate(snapshot, now);
+  run.hasCompletion = true;
+  run.completion = std::move(event.fields);
+  const bool failure = event.kind == ServerEvent::Kind::Fail;
+  if (failure) run.error = reason;
+  set.history.push_back(
+      entry(HistoryKind::CompletionRecorded, now, &run, failure ? "failure: " + reason : ""));
+  set.stepRuns.push_back(std::move(run));
+  return set;
+}
+
+// Running | Waiting --cancel--> Cancelled (and its open run);
+// Completed: AlreadyCompleted; Failed: StepFailed; Cancelled: Cancelled.
+Result<ChangeSet> Transitions::cancel(const InstanceSnapshot& snapshot,
+                                      std::optional<StepRunRecord> openRun,
+                                      const std::string& reason, Timestamp now) {
+  const InstanceRecord& record = snapshot.record;
+  switch (record.status) {
+    case InstanceStatus::Completed:
+      return fail(Errc::AlreadyCompleted, fmt::format("instance {} already completed", record.id));
+    case InstanceStatus::Failed:
+      return fail(Errc::StepFailed,
+                  fmt::format("instance {} already failed: {}", record.id, quoted(record.error)));
+    case InstanceStatus::Cancelled:
+      return fail(Errc::Cancelled, fmt::format("instance {} is already cancelled", record.id));
+    case InstanceStatus::Running:
+    case InstanceStatus::Waiting: break;
+  }
+  ChangeSet set = guardedUpdate(snapshot, now);
+  set.instance.status = InstanceStatus::Cancelled;
+  set.instance.error = reason;
+  if (openRun && !isTerminal(openRun->status)) {
+    openRun->status = StepRunStatus::Cancelled;
+    openRun->error = reason;
+    openRun->finishedAt = now;
+    set.stepRuns.push_back(std::move(*openRun));
+  }
+  set.history.push_back(entry(HistoryKind::Cancelled, now, nullptr, reason));
+  return set;
+}
+
+// Failed --retry--> allowed; Cancelled: Cancelled; anything else: InvalidArgument.
+Result<void> Transitions::admitRetry(const InstanceRecord& record) {
+  if (record.status == InstanceStatus::Cancelled) {
+    return fail(Errc::Cancelled, fmt::format("instance {} was cancelled", record.id));
+  }
+  if (record.status != InstanceStatus::Failed || record.currentRun == 0) {
+    return fail(Errc::InvalidArgument,
+                fmt::format("instance {} is {}, not Failed: there is nothing to retry", record.id,
+                            statusName(record.status)));
+  }
+  return {};
+}
+
+// Failed --retry--> a new run of the last run's step at attempt+1.
+Result<ChangeSet> Transitions::retry(const CompiledProcess& process,
+                                     const InstanceSnapshot& snapshot,
+                                     const StepRunRecord& failedRun, Timestamp now) const {
+  if (isOpen(failedRun.status)) return noTransition(failedRun, RunEvent::Retry);
+  if (auto found = stepOf(process, failedRun); !found) return tl::unexpected(found.error());
+  ChangeSet set = guardedUpdate(snapshot, now);
+  set.instance.error.clear();
+  const int nextAttempt = failedRun.attempt + 1;
+  set.history.push_back(
+      entry(HistoryKind::Retried, now, &failedRun, fmt::format("attempt {}", nextAttempt)));
+  auto scheduled = schedule(set, process, process.stepIndex.at(failedRun.step), nextAttempt, now,
+                            fmt::format("retry of run {}", failedRun.run));
+  if (!scheduled) return tl::unexpected(scheduled.error());
   return set;
 }
 

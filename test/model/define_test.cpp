@@ -1,5 +1,6 @@
 // Pins Engine::define (what it rejects, with InvalidProcess naming the culprit,
 // and what it accepts) and the errors of Engine::start around it.
+#include <chrono>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -210,6 +211,79 @@ TEST_CASE("define rejects a name and version already defined, the first stays in
   REQUIRE(info.has_value());
   CHECK(info->status == InstanceStatus::Completed);
   CHECK(info->currentStep == "First");
+}
+
+TEST_CASE("define rejects a cycle that no rule and no async step breaks, naming its steps") {
+  Fixture f;
+  Process p("Loop", 1);
+  std::string cycle;
+  SECTION("two lines without rules") {
+    p.step(finishing("A")).step(finishing("B")).line("A", "B").line("B", "A");
+    cycle = "'A' -> 'B' -> 'A'";
+  }
+  SECTION("a line to itself") {
+    p.step(finishing("Start")).step(finishing("Poll")).line("Poll", "Poll");
+    cycle = "'Poll' -> 'Poll'";
+  }
+  SECTION("a step without lines continues with the next, whose line goes back") {
+    p.step(finishing("A")).step(finishing("B")).step(finishing("C")).line("C", "B");
+    cycle = "'B' -> 'C' -> 'B'";
+  }
+  SECTION("a rule on a later line does not break it: the first line always wins") {
+    p.step(finishing("A"))
+        .step(finishing("B"))
+        .step(finishing("Done"))
+        .line("A", "B")
+        .line("B", "A")
+        .line("B", "Done", [](const Fields&) { return true; });
+    cycle = "'A' -> 'B' -> 'A'";
+  }
+  const std::string message = rejection(f.engine, p);
+  CHECK(contains(message, cycle));
+  CHECK(contains(message, "cycle"));
+  CHECK(errorOf(f.engine.start("Loop")).code == Errc::NotFound);
+}
+
+TEST_CASE("a cycle with a rule or an async step on it is accepted") {
+  Fixture f;
+  Process ruled("Ruled", 1);
+  ruled.field("Valid", Type::Bool, false)
+      .step(Step("Validate", [](StepContext&) { return StepOutcome::next(); }))
+      .step(Step("Repair",
+                 [](StepContext& ctx) {
+                   ctx.fields().set("Valid", true);
+                   return StepOutcome::next();
+                 }))
+      .step(finishing("Done"))
+      .line("Validate", "Done", [](const Fields& f) { return f.getOr("Valid", false); })
+      .line("Validate", "Repair")
+      .line("Repair", "Validate");
+  REQUIRE(f.engine.define(ruled).has_value());
+  auto id = f.engine.start("Ruled");
+  REQUIRE(id.has_value());
+  CHECK(f.engine.instance(*id)->status == InstanceStatus::Completed);
+
+  Process waits("Waits", 1);
+  waits.step(finishing("A")).step(waiting("B")).line("A", "B").line("B", "A");
+  CHECK(f.engine.define(waits).has_value());
+}
+
+TEST_CASE("define rejects a timeout or heartbeat of zero or less, naming the step") {
+  Fixture f;
+  Process p("Timed", 1);
+  SECTION("timeout 0") { p.step(waiting("Wait").timeout(std::chrono::milliseconds(0))); }
+  SECTION("timeout -1 ms with an escalation") {
+    p.step(waiting("Wait").timeout(std::chrono::milliseconds(-1), "Wait"));
+  }
+  SECTION("heartbeat 0") {
+    p.step(waiting("Wait").timeout(std::chrono::hours(1)).heartbeat(std::chrono::milliseconds(0)));
+  }
+  SECTION("heartbeat -5 ms") {
+    p.step(waiting("Wait").timeout(std::chrono::hours(1)).heartbeat(std::chrono::milliseconds(-5)));
+  }
+  const std::string message = rejection(f.engine, p);
+  CHECK(contains(message, "'Wait'"));
+  CHECK(contains(message, "positive"));
 }
 
 TEST_CASE("a rejected define leaves nothing behind") {

@@ -1067,10 +1067,15 @@ TEST_CASE("the timer thread fires a timer again after the store failed its commi
   REQUIRE(id);
 
   // The timer's commit fails once ("busy"); then the store works again. No
-  // define() and no new deadline come to wake the timer: it must try again itself.
+  // define() and no new deadline come to wake the timer: it must try again
+  // itself, a second later by the engine's clock.
+  clock->awaitSleepers();  // the timer sleeps until the deadline
   faults->failNth(1, Fault::Busy);
   clock->advance(2h);
-  REQUIRE(engine.define(fragileProcess()));  // wakes the timer to reload the deadline
+  clock->awaitSleepers();  // it fired, the commit failed, it sleeps for the retry
+  CHECK(faults->injected() == 1);
+  CHECK(engine.instance(*id)->status == InstanceStatus::Waiting);
+  clock->advance(std::chrono::seconds(1));
   CHECK(completed->waitFor(std::chrono::seconds(60)));
   CHECK(faults->injected() == 1);
   auto info = engine.instance(*id);

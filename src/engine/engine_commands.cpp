@@ -1,0 +1,278 @@
+// Engine::Impl: the commands that change instances. Each loads what it acts on,
+// asks the state machine (model/transitions.hpp) what to write or why not, and
+// commits under retryOnConflict; then it continues the instance.
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "engine/engine_impl.hpp"
+#include "model/serial.hpp"
+#include "util/constant_time.hpp"
+#include "util/text.hpp"
+
+namespace asyncflow {
+
+using detail::Attempt;
+using detail::Done;
+using detail::Drive;
+using detail::kLostRace;
+using detail::retryOnConflict;
+using detail::ServerEvent;
+using detail::Transitions;
+
+Result<void> Engine::Impl::define(const Process& process) {
+  auto compiled = detail::compileProcess(process);
+  if (!compiled) return tl::unexpected(compiled.error());
+  if (auto added = registry_.add(*compiled); !added) return added;
+  timer_.definitionsChanged();  // its due timers can fire now
+  if (!options_.recoverOnDefine) return {};
+  auto recovered = recoverProcess(**compiled);
+  if (!recovered) {
+    return fail(recovered.error().code,
+                fmt::format("process '{}' version {} is defined, but recovering its instances "
+                            "failed (call recover() to retry): {}",
+                            process.name(), process.version(), recovered.error().message));
+  }
+  return {};
+}
+
+Result<InstanceId> Engine::Impl::start(std::string_view name, const Fields& fields) {
+  auto process = registry_.newest(name);
+  if (!process) {
+    return fail(Errc::NotFound, fmt::format("no process named '{}'", detail::quoted(name)));
+  }
+  auto given = process->checkFields(fields);
+  if (!given) return tl::unexpected(given.error());
+  auto set = transitions_.start(*process, *given, currentTime());
+  if (!set) return tl::unexpected(set.error());
+  auto applied = committer_.commit(std::move(*set));
+  if (!applied) return tl::unexpected(applied.error());
+  if (applied->status != ApplyStatus::Applied) {
+    return fail(Errc::Internal, "the store reported a conflict for a new instance");
+  }
+  continueInstance(applied->instance, Drive::Continue);
+  return applied->instance;
+}
+
+// The instance first, then the run: every change to a run bumps its instance's
+// version, so a run read after the instance is never older than the version
+// the write is guarded by.
+Result<Engine::Impl::OpenRun> Engine::Impl::openRun(const RunSelector& selector,
+                                                    std::optional<ServerEvent::Kind> event) const {
+  const std::string ids = detail::formatSerial(selector.key.instance, selector.key.run, {});
+  auto snapshot = store_->loadInstance(selector.key.instance);
+  if (!snapshot) {
+    if (snapshot.error().code != Errc::NotFound) return tl::unexpected(snapshot.error());
+    return fail(Errc::NotFound, fmt::format("no step run {}", ids));
+  }
+  auto run = store_->loadStepRun(selector.key.instance, selector.key.run);
+  if (!run) return tl::unexpected(run.error());
+  if (selector.secret && !detail::constantTimeEquals(run->secret, *selector.secret)) {
+    return fail(Errc::InvalidSerial, fmt::format("wrong secret for step run {}", ids));
+  }
+  if (selector.businessKey && run->correlationKey != *selector.businessKey) {
+    return fail(Errc::NotFound, fmt::format("step run {} no longer has that key", ids));
+  }
+  if (auto admitted = Transitions::admit(*snapshot, *run, event); !admitted) {
+    return tl::unexpected(admitted.error());
+  }
+  ProcessPtr process = registry_.find(snapshot->record.process, snapshot->record.processVersion);
+  return OpenRun{std::move(*snapshot), std::move(*run), std::move(process)};
+}
+
+Result<void> Engine::Impl::applyEventBySerial(std::string_view serial, ServerEvent event) {
+  auto parts = detail::parseSerial(serial);
+  if (!parts) return tl::unexpected(parts.error());
+  if (parts->secret.empty() && options_.serials == SerialForm::WithSecret) {
+    return fail(Errc::InvalidSerial, "the serial has no secret, and this engine requires one");
+  }
+  return applyEvent(RunSelector{{parts->instance, parts->run}, parts->secret, std::nullopt}, event);
+}
+
+Result<void> Engine::Impl::applyEvent(const RunSelector& selector, const ServerEvent& event) {
+  bool moveOn = false;
+  auto applied = retryOnConflict(
+      fmt::format("step run {}", detail::formatSerial(selector.key.instance, selector.key.run, {})),
+      [&]() -> Attempt<Done> {
+        auto open = openRun(selector, event.kind);
+        if (!open) return tl::unexpected(open.error());
+        if (!open->process) return notDefined(open->snapshot.record);
+        ServerEvent checked = event;
+        auto valid = open->process->checkFields(event.fields);
+        if (!valid) return tl::unexpected(valid.error());
+        checked.fields = std::move(*valid);
+        const bool waiting = open->run.status == StepRunStatus::Waiting;
+        auto set = transitions_.applyEvent(*open->process, open->snapshot, std::move(open->run),
+                                           std::move(checked), currentTime());
+        if (!set) return tl::unexpected(set.error());
+        const bool running = set->instance.status == InstanceStatus::Running;
+        auto committed = committer_.commit(std::move(*set));
+        if (!committed) return tl::unexpected(committed.error());
+        if (committed->status == ApplyStatus::Conflict) return kLostRace;
+        moveOn = waiting && running;
+        return Done{};
+      });
+  if (applied && moveOn) continueInstance(selector.key.instance, Drive::Continue);
+  return applied;
+}
+
+Result<void> Engine::Impl::completeByKey(std::string_view process, std::string_view step,
+                                         std::string_view key, const Fields& fields) {
+  if (key.empty()) return fail(Errc::InvalidArgument, "the business key is empty");
+  KeyQuery query;
+  query.process = std::string(process);
+  query.step = std::string(step);
+  query.key = std::string(key);
+  auto found = store_->findByKey(query);
+  if (!found) return tl::unexpected(found.error());
+  if (found->empty()) {
+    return fail(Errc::NotFound,
+                fmt::format("no step '{}' of process '{}' waits with key '{}'",
+                            detail::quoted(step), detail::quoted(process), detail::quoted(key)));
+  }
+  if (found->size() > 1) {
+    return fail(Errc::AmbiguousKey,
+                fmt::format("several steps '{}' of process '{}' wait with key '{}'; complete "
+                            "them by serial",
+                            detail::quoted(step), detail::quoted(process), detail::quoted(key)));
+  }
+  ServerEvent event;
+  event.kind = ServerEvent::Kind::Complete;
+  event.fields = fields;
+  return applyEvent(RunSelector{found->front(), std::nullopt, query.key}, event);
+}
+
+Result<void> Engine::Impl::cancel(InstanceId id, const std::string& reason) {
+  return retryOnConflict(fmt::format("instance {}", id), [&]() -> Attempt<Done> {
+    auto snapshot = store_->loadInstance(id);
+    if (!snapshot) return tl::unexpected(snapshot.error());
+    std::optional<StepRunRecord> open;
+    if (auto runId = detail::openRunOf(snapshot->record)) {
+      auto run = store_->loadStepRun(id, *runId);
+      if (!run) return tl::unexpected(run.error());
+      open = std::move(*run);
+    }
+    auto set = Transitions::cancel(*snapshot, std::move(open), reason, currentTime());
+    if (!set) return tl::unexpected(set.error());
+    auto committed = committer_.commit(std::move(*set));
+    if (!committed) return tl::unexpected(committed.error());
+    if (committed->status == ApplyStatus::Conflict) return kLostRace;
+    return Done{};
+  });
+}
+
+Result<void> Engine::Impl::retry(InstanceId id) {
+  auto retried = retryOnConflict(fmt::format("instance {}", id), [&]() -> Attempt<Done> {
+    auto snapshot = store_->loadInstance(id);
+    if (!snapshot) return tl::unexpected(snapshot.error());
+    const InstanceRecord& record = snapshot->record;
+    if (auto admitted = Transitions::admitRetry(record); !admitted) {
+      return tl::unexpected(admitted.error());
+    }
+    ProcessPtr process = registry_.find(record.process, record.processVersion);
+    if (!process) return notDefined(record);
+    auto run = store_->loadStepRun(id, record.currentRun);
+    if (!run) return tl::unexpected(run.error());
+    auto set = transitions_.retry(*process, *snapshot, *run, currentTime());
+    if (!set) return tl::unexpected(set.error());
+    auto committed = committer_.commit(std::move(*set));
+    if (!committed) return tl::unexpected(committed.error());
+    if (committed->status == ApplyStatus::Conflict) return kLostRace;
+    return Done{};
+  });
+  if (retried) continueInstance(id, Drive::Continue);
+  return retried;
+}
+
+Result<std::size_t> Engine::Impl::recover() {
+  std::size_t total = 0;
+  for (const ProcessPtr& process : registry_.all()) {
+    auto recovered = recoverProcess(*process);
+    if (!recovered) return recovered;
+    total += *recovered;
+  }
+  return total;
+}
+
+Result<std::size_t> Engine::Impl::runDueTimers() {
+  const Timestamp now = currentTime();
+  const detail::TimerPass pass = fireDueTimers(now);
+  timer_.runDueTasks(now);
+  // Tell the caller the store failed (those timers stay due), not "none fired".
+  if (pass.failure) return tl::unexpected(*pass.failure);
+  return pass.fired;
+}
+
+// Every timer due at `now`, page by page: a page where nothing can fire (their
+// versions are not defined here) does not stop the pages behind it.
+detail::TimerPass Engine::Impl::fireDueTimers(Timestamp now) {
+  constexpr std::size_t kPage = 256;
+  detail::TimerPass pass;
+  std::optional<Error> firstNotFired;
+  DueQuery query;
+  query.now = now;
+  query.limit = kPage;
+  for (;;) {
+    auto due = store_->listDue(query);
+    if (!due) {
+      pass.failure = due.error();
+      break;
+    }
+    for (const DueRun& timer : *due) {
+      auto fired = fireTimer(timer, now);
+      if (fired) {
+        if (*fired) ++pass.fired;
+        continue;
+      }
+      const Errc code = fired.error().code;
+      if (code == Errc::StoreError || code == Errc::Conflict) {
+        log(LogLevel::Warning,
+            fmt::format("timer of step run {}_{} did not fire: {}", timer.key.instance,
+                        timer.key.run, fired.error().toString()));
+        if (!pass.failure) pass.failure = fired.error();
+      } else {
+        // Not defined here (or refused): it waits for a define(). One line per
+        // pass, not one per timer: such timers stay due and come back each pass.
+        ++pass.notFired;
+        if (!firstNotFired) firstNotFired = fired.error();
+      }
+    }
+    if (due->size() < kPage) break;  // a short page is the last
+    query.after = due->back();
+  }
+  if (firstNotFired) {
+    log(LogLevel::Warning,
+        fmt::format("{} due timer(s) cannot fire in this engine and stay due until a define() "
+                    "(the first: {})",
+                    pass.notFired, firstNotFired->toString()));
+  }
+  return pass;
+}
+
+// Waiting --deadline--> TimedOut. False when the run was no longer due.
+Result<bool> Engine::Impl::fireTimer(const DueRun& timer, Timestamp now) {
+  bool moveOn = false;
+  auto fired = retryOnConflict(
+      fmt::format("step run {}_{}", timer.key.instance, timer.key.run), [&]() -> Attempt<bool> {
+        auto snapshot = store_->loadInstance(timer.key.instance);
+        if (!snapshot) return tl::unexpected(snapshot.error());
+        auto run = store_->loadStepRun(timer.key.instance, timer.key.run);
+        if (!run) return tl::unexpected(run.error());
+        if (!Transitions::isDue(*run, now)) return std::optional<bool>(false);
+        ProcessPtr process =
+            registry_.find(snapshot->record.process, snapshot->record.processVersion);
+        if (!process) return notDefined(snapshot->record);
+        auto set = transitions_.timeOut(*process, *snapshot, std::move(*run), now);
+        if (!set) return tl::unexpected(set.error());
+        const bool running = set->instance.status == InstanceStatus::Running;
+        auto committed = committer_.commit(std::move(*set));
+        if (!committed) return tl::unexpected(committed.error());
+        if (committed->status == ApplyStatus::Conflict) return kLostRace;
+        moveOn = running;
+        return std::optional<bool>(true);
+      });
+  if (fired && *fired && moveOn) continueInstance(timer.key.instance, Drive::Continue);
+  return fired;
+}
+
+}  // namespace asyncflow

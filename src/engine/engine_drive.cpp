@@ -1,0 +1,217 @@
+// Engine::Impl: running steps. A drive takes an instance through the gate (one
+// thread per instance), runs its current step, commits what the handler decided
+// and goes on until the instance waits or ends. It yields after
+// maxStepsPerDrive steps, and when the store fails it logs and tries again
+// after a back-off: no instance is left Running for want of a recover() call.
+#include <algorithm>
+#include <exception>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "engine/engine_impl.hpp"
+#include "engine/handler_runner.hpp"
+#include "util/exceptions.hpp"
+
+namespace asyncflow {
+
+using detail::Attempt;
+using detail::Continuation;
+using detail::Drive;
+using detail::kLostRace;
+using detail::retryOnConflict;
+using detail::Transitions;
+
+// Re-drives the Running instances of one process version, page by page.
+Result<std::size_t> Engine::Impl::recoverProcess(const detail::CompiledProcess& process) {
+  RunningQuery query;
+  query.process = process.name;
+  query.processVersion = process.version;
+  std::size_t count = 0;
+  for (;;) {
+    auto ids = store_->listRunning(query);
+    if (!ids) return tl::unexpected(ids.error());
+    for (InstanceId id : *ids) continueInstance(id, Drive::Recover);
+    count += ids->size();
+    if (ids->size() < query.limit) return count;
+    query.afterInstance = ids->back();
+  }
+}
+
+void Engine::Impl::continueInstance(InstanceId id, Drive how) {
+  workers_.submit(Continuation{id, how});
+}
+
+void Engine::Impl::retryLater(InstanceId id, Drive how, const std::string& trouble) {
+  const auto delay = backoff_.failed(id);
+  log(LogLevel::Warning,
+      fmt::format("instance {}: {}; driving it again in {} ms", id, trouble, delay.count()));
+  timer_.runAt(currentTime() + delay, [this, id, how] { continueInstance(id, how); });
+}
+
+// A request to drive an instance that another thread drives asks it for one
+// more pass (a recovery request is dropped: that instance did not crash).
+void Engine::Impl::drive(const Continuation& next) {
+  const InstanceId id = next.id;
+  if (!gate_.enter(id, next.how == Drive::Continue)) return;
+  // Whether the current run's handler may have run: then a re-run counts a new
+  // attempt first.
+  bool recovering = next.how == Drive::Recover;
+  const std::size_t maxSteps = std::max<std::size_t>(options_.maxStepsPerDrive, 1);
+  std::size_t steps = 0;
+  for (;;) {
+    Step outcome = Step::Stop;
+    std::string trouble;
+    try {
+      for (;;) {
+        if (shuttingDown_) {
+          gate_.leave(id);
+          return;
+        }
+        outcome = stepOnce(id, recovering, trouble);
+        if (outcome != Step::Again) break;
+        if (++steps >= maxSteps) {
+          // Let other instances (and other callers) have a turn: the rest runs
+          // later, on a worker or, inline, on the timer.
+          log(LogLevel::Warning,
+              fmt::format("instance {} ran {} steps in a row without waiting; yielding (does "
+                          "a handler loop with goTo()?)",
+                          id, steps));
+          gate_.leave(id);
+          const Drive how = recovering ? Drive::Recover : Drive::Continue;
+          if (workers_.isInline()) {
+            timer_.runAt(currentTime(), [this, id, how] { continueInstance(id, how); });
+          } else {
+            continueInstance(id, how);
+          }
+          return;
+        }
+      }
+    } catch (...) {
+      // A throwing store, or allocation failure: as a store failure.
+      trouble = detail::describeException(std::current_exception());
+      recovering = true;
+      outcome = Step::Failed;
+    }
+    if (outcome == Step::Failed) {
+      gate_.leave(id);
+      retryLater(id, recovering ? Drive::Recover : Drive::Continue, trouble);
+      return;
+    }
+    backoff_.succeeded(id);
+    if (!gate_.leaveOrLoop(id)) return;
+  }
+}
+
+// Runs the instance's current step once and commits the result. `recovering`
+// is read (the handler may have run: count a new attempt first) and left true
+// when a failure means the next try must count one too. `trouble` says why on
+// Step::Failed.
+Engine::Impl::Step Engine::Impl::stepOnce(InstanceId id, bool& recovering, std::string& trouble) {
+  const bool recover = recovering;
+  recovering = false;
+  auto snapshot = store_->loadInstance(id);
+  if (!snapshot) {
+    recovering = recover;
+    trouble = snapshot.error().toString();
+    return Step::Failed;
+  }
+  if (snapshot->record.status != InstanceStatus::Running) return Step::Stop;
+  const auto openRun = detail::openRunOf(snapshot->record);
+  if (!openRun) return Step::Stop;
+  auto run = store_->loadStepRun(id, *openRun);
+  if (!run) {
+    recovering = recover;
+    trouble = run.error().toString();
+    return Step::Failed;
+  }
+  if (run->status != StepRunStatus::Ready && run->status != StepRunStatus::Starting) {
+    return Step::Stop;
+  }
+  ProcessPtr process = registry_.find(snapshot->record.process, snapshot->record.processVersion);
+  if (!process) {
+    log(LogLevel::Warning, notDefined(snapshot->record).value().message);
+    return Step::Stop;  // it waits for a define() of its version, which recovers it
+  }
+  auto step = detail::stepOf(*process, *run);
+  if (!step) {
+    log(LogLevel::Warning, step.error().message);
+    return Step::Stop;
+  }
+
+  if (recover || run->status == StepRunStatus::Ready) {
+    // The handler may have run before a crash: count this as a new attempt,
+    // durably, before running it again.
+    auto set = Transitions::restartAfterCrash(*snapshot, *run, currentTime());
+    if (!set) {
+      trouble = set.error().toString();
+      return Step::Failed;
+    }
+    StepRunRecord restarted = set->stepRuns.front();
+    InstanceRecord header = set->instance;
+    auto applied = committer_.commit(std::move(*set));
+    if (!applied) {
+      recovering = recover;
+      trouble = applied.error().toString();
+      return Step::Failed;
+    }
+    if (applied->status == ApplyStatus::Conflict) {
+      // Changed meanwhile (say, an early completion): look again, still
+      // recovering, so the handler never re-runs with the crashed attempt().
+      recovering = recover;
+      return Step::Again;
+    }
+    header.version = snapshot->record.version + 1;
+    snapshot->record = std::move(header);
+    *run = std::move(restarted);
+  }
+
+  const detail::Decision decision = detail::runHandler(*process, **step, *snapshot, *run);
+  const Step result =
+      commitDecision(*process, std::move(*snapshot), std::move(*run), decision, trouble);
+  // The handler ran: a failed commit of its decision makes the next try a re-run.
+  if (result == Step::Failed) recovering = true;
+  return result;
+}
+
+// Commits a handler's decision. If a server event or cancel changed the
+// instance while the handler ran, re-applies the decision to the newer state,
+// or lets go when the run was closed or restarted meanwhile.
+Engine::Impl::Step Engine::Impl::commitDecision(const detail::CompiledProcess& process,
+                                                InstanceSnapshot snapshot, StepRunRecord run,
+                                                const detail::Decision& decision,
+                                                std::string& trouble) {
+  const int attempt = run.attempt;
+  const InstanceId id = run.instance;
+  const std::int64_t runId = run.run;
+  auto committed =
+      retryOnConflict(fmt::format("step run {}_{}", id, runId), [&]() -> Attempt<Step> {
+        auto set = transitions_.close(process, snapshot, run, decision, currentTime());
+        if (!set) return tl::unexpected(set.error());
+        const bool running = set->instance.status == InstanceStatus::Running;
+        auto applied = committer_.commit(std::move(*set));
+        if (!applied) return tl::unexpected(applied.error());
+        if (applied->status == ApplyStatus::Applied) {
+          return std::optional<Step>(running ? Step::Again : Step::Stop);
+        }
+        auto newer = store_->loadInstance(id);
+        if (!newer) return tl::unexpected(newer.error());
+        if (newer->record.status != InstanceStatus::Running) return std::optional<Step>(Step::Stop);
+        auto newerRun = store_->loadStepRun(id, runId);
+        if (!newerRun) return tl::unexpected(newerRun.error());
+        if (newerRun->attempt != attempt || (newerRun->status != StepRunStatus::Ready &&
+                                             newerRun->status != StepRunStatus::Starting)) {
+          return std::optional<Step>(Step::Again);  // someone else moved this run on; look again
+        }
+        snapshot = std::move(*newer);
+        run = std::move(*newerRun);
+        return kLostRace;
+      });
+  if (!committed) {
+    trouble = committed.error().toString();
+    return Step::Failed;
+  }
+  return *committed;
+}
+
+}  // namespace asyncflow

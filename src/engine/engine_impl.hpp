@@ -1,0 +1,139 @@
+// Engine::Impl (internal): the orchestration behind the Engine facade.
+//
+// Every command has one shape: load, ask the state machine (model/transitions)
+// what to write or why not, commit under retryOnConflict, then continue the
+// instance. The parts each do one job, in their own files with their own tests:
+//
+//   ProcessRegistry  the defined process versions            process_registry.hpp
+//   Committer        commit + listener/log/timer fan-out     committer.hpp
+//   InstanceGate     one thread per instance                 instance_gate.hpp
+//   WorkerPool       continuations on workers or inline      worker_pool.hpp
+//   TimerService     deadlines and delayed drives            timer_service.hpp
+//   runHandler       a handler's outcome as a Decision       handler_runner.hpp
+//
+// The methods are split by concern: engine.cpp (construction, the facade),
+// engine_commands.cpp (what changes instances), engine_queries.cpp (what
+// reads), engine_drive.cpp (running steps: drive, recovery, timers firing).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "asyncflow/engine.hpp"
+#include "engine/committer.hpp"
+#include "engine/continuation.hpp"
+#include "engine/instance_gate.hpp"
+#include "engine/process_registry.hpp"
+#include "engine/timer_service.hpp"
+#include "engine/worker_pool.hpp"
+#include "model/process_model.hpp"
+#include "model/transitions.hpp"
+
+namespace asyncflow {
+
+class Engine::Impl {
+ public:
+  Impl(std::shared_ptr<Store> store, EngineOptions options);
+  // Stops the timer, lets the workers finish what is queued (drives stop at
+  // their next step), then joins them.
+  ~Impl();
+
+  // --- commands (engine_commands.cpp) ---
+  Result<void> define(const Process& process);
+  Result<InstanceId> start(std::string_view name, const Fields& fields);
+  Result<void> applyEventBySerial(std::string_view serial, detail::ServerEvent event);
+  Result<void> completeByKey(std::string_view process, std::string_view step, std::string_view key,
+                             const Fields& fields);
+  Result<void> cancel(InstanceId id, const std::string& reason);
+  Result<void> retry(InstanceId id);
+  Result<std::size_t> recover();
+  Result<std::size_t> runDueTimers();
+
+  // --- queries (engine_queries.cpp) ---
+  Result<WaitingPage> waiting(const WaitingFilter& filter) const;
+  Result<WaitingStep> serverEvent(std::string_view serial) const;
+  Result<std::vector<HistoryEvent>> history(InstanceId id) const;
+  Result<InstanceInfo> instance(InstanceId id) const;
+  EngineStats stats() const;
+  void waitIdle();
+
+ private:
+  using ProcessPtr = detail::ProcessRegistry::ProcessPtr;
+
+  // Which step run a server event is for, and what must match: the serial's
+  // secret (when the serial carries one), or the business key it was found by.
+  struct RunSelector {
+    StepRunKey key;
+    std::optional<std::string> secret;
+    std::optional<std::string> businessKey;
+  };
+
+  // What a server event acts on: the instance, the run, and its process
+  // version (null when only reading and the version is not defined here).
+  struct OpenRun {
+    InstanceSnapshot snapshot;
+    StepRunRecord run;
+    ProcessPtr process;
+  };
+
+  // What stepOnce() found.
+  enum class Step {
+    Again,   // there may be more to run now
+    Stop,    // the instance waits, ended, or another thread moved it on
+    Failed,  // the store failed: try the drive again after a back-off
+  };
+
+  // --- commands ---
+  Result<OpenRun> openRun(const RunSelector& selector,
+                          std::optional<detail::ServerEvent::Kind> event) const;
+  Result<void> applyEvent(const RunSelector& selector, const detail::ServerEvent& event);
+  Result<bool> fireTimer(const DueRun& timer, Timestamp now);
+  detail::TimerPass fireDueTimers(Timestamp now);
+
+  // --- driving (engine_drive.cpp) ---
+  Result<std::size_t> recoverProcess(const detail::CompiledProcess& process);
+  // Hands the instance to the workers (or drives it inline).
+  void continueInstance(InstanceId id, detail::Drive how);
+  // Drives one instance until it waits, ends, yields or fails; the worker
+  // pool's runner. Never throws.
+  void drive(const detail::Continuation& next);
+  Step stepOnce(InstanceId id, bool& recovering, std::string& trouble);
+  Step commitDecision(const detail::CompiledProcess& process, InstanceSnapshot snapshot,
+                      StepRunRecord run, const detail::Decision& decision, std::string& trouble);
+  // Tries the drive again after the back-off, logging why.
+  void retryLater(InstanceId id, detail::Drive how, const std::string& trouble);
+
+  // --- helpers ---
+  // The clock's time, truncated to the microseconds every store keeps.
+  Timestamp currentTime() const;
+  static tl::unexpected<Error> notDefined(const InstanceRecord& record);
+  void log(LogLevel level, std::string_view message) const { committer_.log(level, message); }
+
+  // Constant after construction. Declaration order is construction order: the
+  // workers and then the timer last, so that their threads start once
+  // everything they use exists (the timer fires into the workers). The
+  // destructor stops both explicitly before any member goes.
+  const std::shared_ptr<Store> store_;
+  const EngineOptions options_;
+  const std::shared_ptr<Clock> clock_;
+  const std::shared_ptr<RandomSource> random_;
+  const detail::Transitions transitions_;
+
+  // Thread-safe parts, each guarded by its own lock inside.
+  detail::ProcessRegistry registry_;
+  detail::InstanceGate gate_;
+  detail::DriveBackoff backoff_;
+  // Set by the destructor: drives stop at their next step instead of yielding
+  // to a worker, so that shutting down never waits for an endless process.
+  std::atomic<bool> shuttingDown_{false};
+  detail::Committer committer_;
+  detail::WorkerPool workers_;
+  detail::TimerService timer_;
+};
+
+}  // namespace asyncflow

@@ -1,0 +1,54 @@
+#include "engine/instance_gate.hpp"
+
+#include <algorithm>
+
+namespace asyncflow::detail {
+
+bool InstanceGate::enter(InstanceId id, bool askForPass) {
+  MutexLock lock(mutex_);
+  auto [it, inserted] = driving_.try_emplace(id, false);
+  if (!inserted && askForPass) it->second = true;
+  return inserted;
+}
+
+bool InstanceGate::leaveOrLoop(InstanceId id) {
+  MutexLock lock(mutex_);
+  auto it = driving_.find(id);
+  if (it == driving_.end()) return false;  // not entered: nothing to hold
+  if (!it->second) {
+    driving_.erase(it);
+    return false;
+  }
+  it->second = false;
+  return true;
+}
+
+void InstanceGate::leave(InstanceId id) {
+  MutexLock lock(mutex_);
+  driving_.erase(id);
+}
+
+std::size_t InstanceGate::size() const {
+  MutexLock lock(mutex_);
+  return driving_.size();
+}
+
+std::chrono::milliseconds DriveBackoff::failed(InstanceId id) {
+  MutexLock lock(mutex_);
+  const int inARow = ++failures_[id];
+  std::chrono::milliseconds delay = kFirst;
+  for (int i = 1; i < inARow && delay < kLongest; ++i) delay *= 2;
+  return std::min(delay, kLongest);
+}
+
+void DriveBackoff::succeeded(InstanceId id) {
+  MutexLock lock(mutex_);
+  failures_.erase(id);
+}
+
+std::size_t DriveBackoff::size() const {
+  MutexLock lock(mutex_);
+  return failures_.size();
+}
+
+}  // namespace asyncflow::detail

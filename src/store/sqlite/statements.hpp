@@ -1,0 +1,86 @@
+// The SQL of the SQLite store, prepared once per connection (internal to the
+// SQLite store): the column orders that row readers and writers rely on, the
+// read statements (Reads) and the write statements (Writes).
+//
+// A statement belongs to its connection: destroy it (finalise) before the
+// connection closes. Not thread-safe: the store serialises each connection's
+// statements under that connection's mutex.
+#pragma once
+
+#include <iterator>
+
+#include <SQLiteCpp/Database.h>
+#include <SQLiteCpp/Statement.h>
+
+namespace asyncflow::detail::sqlite {
+
+// Instance columns written from an InstanceRecord (id and version aside), in
+// the order bindHeader binds and loadInstance reads them.
+inline constexpr const char* kInstanceColumnNames[] = {"process",     "process_version", "status",
+                                                       "current_run", "last_run",        "error",
+                                                       "created_at",  "updated_at"};
+
+// Step-run columns, in the order writeStepRun binds and readStepRun reads them.
+inline constexpr const char* kRunColumnNames[] = {
+    "instance_id",   "run",         "step",           "kind",           "status",
+    "attempt",       "secret",      "has_completion", "error",          "created_at",
+    "waiting_since", "finished_at", "deadline",       "correlation_key"};
+inline constexpr int kRunColumns = static_cast<int>(std::size(kRunColumnNames));
+
+// The read statements, prepared on one connection. Each query's row layout is
+// in its comment; throws SQLite::Exception if the schema lacks what they read.
+struct Reads {
+  explicit Reads(SQLite::Database& db);
+
+  // ?1 instance id. Rows: the instance columns, version, then one field's name,
+  // type, value per row (NULLs for an instance without fields).
+  SQLite::Statement instance;
+  // ?1 instance, ?2 run. Rows: the run columns, then one completion field's
+  // name, type, value per row (NULLs when none).
+  SQLite::Statement stepRun;
+  // Pages of waiting runs (?1, ?2 cursor; ?3 process; ?4 step; ?5 limit). Rows:
+  // the run columns, process, process_version, a completion field. Index:
+  // (by process ? 2 : 0) + (by step ? 1 : 0).
+  SQLite::Statement waiting[4];
+  // ?1 process, ?2 version, ?3 after id, ?4 limit. Rows: id.
+  SQLite::Statement running;
+  // ?1 instance. Rows: at, kind, run, step, detail, in seq order.
+  SQLite::Statement history;
+  // ?1 after. One row: min(deadline), NULL when none.
+  SQLite::Statement nextDeadline;
+  // ?1 now, ?2..?4 cursor (deadline, instance, run), ?5 limit. Rows: instance_id,
+  // run, deadline.
+  SQLite::Statement due;
+  // ?1 process, ?2 step, ?3 key, ?4 limit. Rows: instance_id, run.
+  SQLite::Statement byKey;
+};
+
+// The write statements, prepared on the writing connection.
+struct Writes {
+  explicit Writes(SQLite::Database& db);
+
+  // Transaction control (connection.hpp's WriteTransaction and Savepoint).
+  SQLite::Statement begin;  // BEGIN IMMEDIATE
+  SQLite::Statement commit;
+  SQLite::Statement rollback;
+  SQLite::Statement savepoint;  // SAVEPOINT batch
+  SQLite::Statement releaseSavepoint;
+  SQLite::Statement rollbackToSavepoint;
+
+  // ?1..?8 the instance columns; version 1.
+  SQLite::Statement insertInstance;
+  // ?1..?8 the instance columns, ?9 new version; WHERE id = ?10 AND version = ?11.
+  SQLite::Statement updateInstance;
+  // ?1 instance, ?2 name, ?3 type, ?4 value.
+  SQLite::Statement upsertField;
+  // ?1..?14 the run columns.
+  SQLite::Statement upsertStepRun;
+  // ?1 instance, ?2 run.
+  SQLite::Statement deleteCompletion;
+  // ?1 instance, ?2 run, ?3 name, ?4 type, ?5 value.
+  SQLite::Statement insertCompletion;
+  // ?1 instance, ?2 at, ?3 kind, ?4 run, ?5 step, ?6 detail; seq is the next.
+  SQLite::Statement insertHistory;
+};
+
+}  // namespace asyncflow::detail::sqlite
