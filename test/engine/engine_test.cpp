@@ -7,8 +7,8 @@
 #include <thread>
 #include <vector>
 
-#include "support/catch.hpp"
 #include "model/serial.hpp"
+#include "support/catch.hpp"
 #include "support/test_support.hpp"
 
 using namespace asyncflow;
@@ -924,7 +924,8 @@ TEST_CASE("recover() re-drives every defined process, recoverOnDefine can be tur
   CHECK(done.fields.get<bool>("Done") == true);
 }
 
-TEST_CASE("serverEvent(serial) looks up the step a serial names, with completeServerEvent's errors") {
+TEST_CASE(
+    "serverEvent(serial) looks up the step a serial names, with completeServerEvent's errors") {
   Harness h;
   OrderFlow flow;
   Engine engine(h.store, h.options());
@@ -950,11 +951,10 @@ TEST_CASE("serverEvent(serial) looks up the step a serial names, with completeSe
   // This engine issues secrets: a bare serial is refused before any lookup.
   CHECK(hasCode(engine.serverEvent(detail::formatSerial(id, parts.run, {})), Errc::InvalidSerial));
   CHECK(hasCode(engine.serverEvent("not a serial"), Errc::InvalidSerial));
-  CHECK(hasCode(engine.serverEvent(detail::formatSerial(id + 7, 1, parts.secret)),
-                Errc::NotFound));
+  CHECK(hasCode(engine.serverEvent(detail::formatSerial(id + 7, 1, parts.secret)), Errc::NotFound));
   // Run 1 is the sync step Validate, which has no secret: not an async step's serial.
-  CHECK(hasCode(engine.serverEvent(detail::formatSerial(id, 1, parts.secret)),
-                Errc::InvalidSerial));
+  CHECK(
+      hasCode(engine.serverEvent(detail::formatSerial(id, 1, parts.secret)), Errc::InvalidSerial));
 
   REQUIRE(engine.completeServerEvent(serial, {}));
   CHECK(hasCode(engine.serverEvent(serial), Errc::AlreadyCompleted));

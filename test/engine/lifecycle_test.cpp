@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "support/catch.hpp"
 #include "model/serial.hpp"
+#include "support/catch.hpp"
 #include "support/test_support.hpp"
 
 using namespace asyncflow;

@@ -23,8 +23,8 @@
 #include <utility>
 #include <vector>
 
-#include "support/catch.hpp"
 #include "model/serial.hpp"
+#include "support/catch.hpp"
 #include "support/test_support.hpp"
 
 using namespace asyncflow;
