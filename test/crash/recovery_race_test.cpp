@@ -11,11 +11,14 @@
 #include <string>
 #include <vector>
 
+#include <asyncflow/testing/fault_injection.hpp>
+
 #include "support/catch.hpp"
 #include "support/test_support.hpp"
 
 using namespace asyncflow;
-using asyncflow::testing::FailingStore;
+using asyncflow::testing::Fault;
+using asyncflow::testing::FaultInjectingStore;
 using asyncflow::testing::Harness;
 
 namespace {
@@ -72,9 +75,10 @@ TEST_CASE("a re-run after a crash sees attempt 2 even when a completion races re
     // The first engine runs the start handler, whose commit then fails: the run
     // stays Starting with attempt 1, as a crash after the handler would leave it.
     std::vector<int> attempts;
-    auto failing = std::make_shared<FailingStore>(h.store);
+    auto failing = std::make_shared<FaultInjectingStore>(h.store);
     Engine engine(failing, h.options());
-    REQUIRE(engine.define(waitOnly(attempts, serial, [&] { failing->failNextApplies(1); })));
+    REQUIRE(
+        engine.define(waitOnly(attempts, serial, [&] { failing->failNth(1, Fault::IoError); })));
     auto started = engine.start("Race");
     REQUIRE(started);
     id = *started;

@@ -7,13 +7,17 @@
 #include <thread>
 #include <vector>
 
+#include <asyncflow/testing/fault_injection.hpp>
+
 #include "model/serial.hpp"
 #include "support/catch.hpp"
 #include "support/test_support.hpp"
 
 using namespace asyncflow;
-using asyncflow::testing::FailingStore;
+using asyncflow::testing::Fault;
+using asyncflow::testing::FaultInjectingStore;
 using asyncflow::testing::Harness;
+using asyncflow::testing::info;
 using asyncflow::testing::Latch;
 
 namespace {
@@ -54,12 +58,6 @@ struct OrderFlow {
     return p;
   }
 };
-
-InstanceInfo info(const Engine& engine, InstanceId id) {
-  auto result = engine.instance(id);
-  REQUIRE(result);
-  return *result;
-}
 
 // Everything a caller can observe about an instance, for "state unchanged" checks.
 struct Observed {
@@ -291,7 +289,7 @@ TEST_CASE("completeServerEvent outcome table") {
 
 TEST_CASE("a store failure is StoreError, writes nothing, and a retry succeeds") {
   Harness h;
-  auto failing = std::make_shared<FailingStore>(h.store);
+  auto failing = std::make_shared<FaultInjectingStore>(h.store);
   OrderFlow flow;
   Engine engine(failing, h.options());
   REQUIRE(engine.define(flow.process()));
@@ -300,7 +298,7 @@ TEST_CASE("a store failure is StoreError, writes nothing, and a retry succeeds")
     auto id = engine.start("Order", {});
     REQUIRE(id);
     const Observed before = observe(engine, *id);
-    failing->failNextApplies(1);
+    failing->failNth(1, Fault::IoError);
     CHECK(hasCode(engine.completeServerEvent(flow.lastSerial, {{"Status", "Approved"}}),
                   Errc::StoreError));
     CHECK(observe(engine, *id) == before);
@@ -310,7 +308,7 @@ TEST_CASE("a store failure is StoreError, writes nothing, and a retry succeeds")
   }
 
   SECTION("during start") {
-    failing->failNextApplies(1);
+    failing->failNth(1, Fault::IoError);
     CHECK(hasCode(engine.start("Order", {}), Errc::StoreError));
     CHECK(hasCode(engine.instance(1), Errc::NotFound));
     CHECK(flow.ran.empty());
@@ -323,7 +321,7 @@ TEST_CASE("a store failure is StoreError, writes nothing, and a retry succeeds")
     auto id = engine.start("Order", {});
     REQUIRE(id);
     const Observed before = observe(engine, *id);
-    failing->failNextApplies(1);
+    failing->failNth(1, Fault::IoError);
     CHECK(hasCode(engine.cancel(*id, "stop"), Errc::StoreError));
     CHECK(observe(engine, *id) == before);
     CHECK(engine.cancel(*id, "stop"));
@@ -853,14 +851,14 @@ TEST_CASE("recovery re-runs a step left mid-way, with the same serial and a high
   // A store error on the handler's commit leaves the run Starting, exactly as a
   // crash between the handler and its commit would.
   Harness h;
-  auto failing = std::make_shared<FailingStore>(h.store);
+  auto failing = std::make_shared<FaultInjectingStore>(h.store);
   OrderFlow flow;
   std::string firstSerial;
   {
     Engine crashed(failing, h.options());
     flow.submit = [&](AsyncStepContext& ctx) {
       firstSerial = ctx.serial();
-      failing->failNextApplies(1);  // the commit after this handler fails
+      failing->failNth(1, Fault::IoError);  // the commit after this handler fails
       return StartOutcome::wait();
     };
     REQUIRE(crashed.define(flow.process()));
@@ -888,15 +886,9 @@ TEST_CASE("recovery re-runs a step left mid-way, with the same serial and a high
 TEST_CASE("recover() re-drives every defined process, recoverOnDefine can be turned off") {
   // The store fails the step's own commit (the second apply, after start's):
   // the run is left Starting, as a crash mid-step would leave it.
-  struct FailSecondApply final : StoreWrapper {
-    using StoreWrapper::StoreWrapper;
-    int calls = 0;
-    Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) override {
-      if (++calls == 2) return fail(Errc::StoreError, "injected");
-      return StoreWrapper::apply(std::move(batch));
-    }
-  };
   Harness h;
+  auto failing = std::make_shared<FaultInjectingStore>(h.store);
+  failing->failNth(2, Fault::IoError);
   int syncAttempt = 0;
   Process p("Sync", 1);
   p.field("Done", Type::Bool, false).step(Step("Work", [&](StepContext& ctx) {
@@ -905,7 +897,7 @@ TEST_CASE("recover() re-drives every defined process, recoverOnDefine can be tur
     return StepOutcome::next();
   }));
   {
-    Engine crashing(std::make_shared<FailSecondApply>(h.store), h.options());
+    Engine crashing(failing, h.options());
     REQUIRE(crashing.define(p));
     REQUIRE(crashing.start("Sync", {}));
     REQUIRE(info(crashing, 1).currentStepStatus == StepRunStatus::Starting);

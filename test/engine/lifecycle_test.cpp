@@ -15,6 +15,7 @@
 using namespace asyncflow;
 using namespace std::chrono_literals;
 using asyncflow::testing::Harness;
+using asyncflow::testing::info;
 
 namespace {
 
@@ -55,8 +56,6 @@ struct Flow {
     return p;
   }
 };
-
-InstanceInfo info(const Engine& engine, InstanceId id) { return engine.instance(id).value(); }
 
 std::vector<HistoryKind> kinds(const std::vector<HistoryEvent>& events) {
   std::vector<HistoryKind> out;

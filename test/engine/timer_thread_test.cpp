@@ -3,6 +3,7 @@
 // each move of the clock, and after each call that may wake the timer,
 // ManualClock::awaitSleepers() returns once the thread has done all that was
 // due and sleeps again, and sleepingUntil() says what it sleeps towards.
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>

@@ -1,7 +1,6 @@
 // Pins the serial format of DESIGN.md section 6 (src/serial.hpp): what is
 // produced, what is accepted, and that everything else is InvalidSerial.
 #include "model/serial.hpp"
-#include "util/constant_time.hpp"
 
 #include <cstdint>
 #include <limits>
@@ -12,6 +11,8 @@
 
 #include "support/catch.hpp"
 #include "support/printers.hpp"
+#include "support/test_support.hpp"
+#include "util/constant_time.hpp"
 
 namespace {
 
@@ -24,28 +25,12 @@ using asyncflow::detail::kSecretBytes;
 using asyncflow::detail::kSecretChars;
 using asyncflow::detail::newSecret;
 using asyncflow::detail::parseSerial;
+using asyncflow::testing::CountingRandom;
 
 constexpr std::int64_t kMaxId = std::numeric_limits<std::int64_t>::max();
 
 // A secret that parseSerial accepts: base64url of the bytes 0..15.
 const std::string kSecret = "AAECAwQFBgcICQoLDA0ODw";
-
-// Yields first, first + 1, ... (mod 256) and records each request's size.
-class CountingRandom final : public asyncflow::RandomSource {
- public:
-  explicit CountingRandom(std::uint8_t first = 0) : next_(first) {}
-
-  Result<void> fill(std::uint8_t* out, std::size_t size) override {
-    requests.push_back(size);
-    for (std::size_t i = 0; i < size; ++i) out[i] = next_++;
-    return {};
-  }
-
-  std::vector<std::size_t> requests;
-
- private:
-  std::uint8_t next_;
-};
 
 // Yields the same byte forever.
 class ConstantRandom final : public asyncflow::RandomSource {
@@ -283,14 +268,14 @@ TEST_CASE("parseSerial rejects a 1 MiB serial without echoing it") {
   checkRejected(std::string(kMiB, '\0'));
 }
 
-TEST_CASE("a rejection never echoes what may be a secret, digits or a mistyped separator included") {
+TEST_CASE(
+    "a rejection never echoes what may be a secret, digits or a mistyped separator included") {
   // What follows the second '_', or the ids when a separator is mistyped, may be
   // a real secret: the message shows only the leading ids and the length.
   const std::string secret = "Q2hhbmdlTWUxMjM0NTY3OA";
   const std::string digits(22, '2');
-  for (const std::string& serial :
-       {"5_31_" + secret + "x", "5_31-" + secret, "__" + digits, "5__" + digits + "7",
-        "5_31_" + digits + "_"}) {
+  for (const std::string& serial : {"5_31_" + secret + "x", "5_31-" + secret, "__" + digits,
+                                    "5__" + digits + "7", "5_31_" + digits + "_"}) {
     CAPTURE(serial);
     const auto parsed = parseSerial(serial);
     REQUIRE_FALSE(parsed.has_value());
@@ -325,7 +310,7 @@ TEST_CASE("newSecret asks for kSecretBytes and encodes them as unpadded base64ur
   // 090a0b -> CQoL, 0c0d0e -> DA0O, 0f -> Dw (two characters, no padding).
   CHECK(*secret == "AAECAwQFBgcICQoLDA0ODw");
   CHECK(secret->size() == kSecretChars);
-  CHECK(random.requests == std::vector<std::size_t>{kSecretBytes});
+  CHECK(random.requests() == std::vector<std::size_t>{kSecretBytes});
 }
 
 TEST_CASE("newSecret uses the URL-safe alphabet for 62 and 63") {
@@ -358,7 +343,7 @@ TEST_CASE("newSecret draws fresh bytes on every call") {
   CHECK(*first != *second);
   // Bytes 10 11 .. 1f.
   CHECK(*second == "EBESExQVFhcYGRobHB0eHw");
-  CHECK(random.requests == std::vector<std::size_t>{kSecretBytes, kSecretBytes});
+  CHECK(random.requests() == std::vector<std::size_t>{kSecretBytes, kSecretBytes});
 }
 
 TEST_CASE("newSecret propagates the random source's error unchanged") {

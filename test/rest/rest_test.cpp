@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cctype>
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include <asyncflow/rest.hpp>
+#include <asyncflow/testing/fault_injection.hpp>
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
@@ -25,9 +27,11 @@
 
 using namespace asyncflow;
 using namespace std::chrono_literals;
-using asyncflow::testing::FailingStore;
+using asyncflow::testing::Fault;
+using asyncflow::testing::FaultInjectingStore;
 using asyncflow::testing::Harness;
 using asyncflow::testing::Latch;
+using asyncflow::testing::StoreCall;
 using Json = nlohmann::json;
 
 namespace {
@@ -79,12 +83,12 @@ struct Flow {
   }
 };
 
-// An engine over a FailingStore (over a MemoryStore) with a manual clock, its
+// An engine over a FaultInjectingStore (over a MemoryStore) with a manual clock, its
 // routes mounted on a server listening on a loopback port, and a client.
 class Served {
  public:
   explicit Served(rest::Options options = keyed(), std::shared_ptr<Store> store = nullptr)
-      : store_(std::make_shared<FailingStore>(store ? store : h.store)),
+      : store_(std::make_shared<FaultInjectingStore>(store ? store : h.store)),
         engine(store_, h.options()) {
     REQUIRE(engine.define(flow.process()));
     REQUIRE(rest::mount(server, engine, std::move(options)));
@@ -108,7 +112,7 @@ class Served {
     return flow.serial;
   }
 
-  FailingStore& store() { return *store_; }
+  FaultInjectingStore& store() { return *store_; }
 
   httplib::Client client() const { return httplib::Client("127.0.0.1", port); }
 
@@ -124,7 +128,7 @@ class Served {
   Flow flow;
 
  private:
-  std::shared_ptr<FailingStore> store_;
+  std::shared_ptr<FaultInjectingStore> store_;
 
  public:
   Engine engine;  // outlives the server's handlers (declared before it)
@@ -183,14 +187,14 @@ struct Stored {
   InstanceInfo info;
   std::vector<HistoryEvent> history;
   std::optional<Timestamp> deadline;
-  int applies = 0;
+  std::uint64_t applies = 0;
 
   static Stored of(Served& s) {
     Stored out;
     out.info = s.engine.instance(s.id).value();
     out.history = s.engine.history(s.id).value();
     if (auto step = s.engine.serverEvent(s.flow.serial)) out.deadline = step->deadline;
-    out.applies = s.store().applies();
+    out.applies = s.store().calls(StoreCall::Apply);
     return out;
   }
 };
@@ -786,7 +790,7 @@ TEST_CASE("503: a store error writes nothing, says nothing of the store, and may
   Served s(options);
   const std::string serial = s.start();
   const Stored before = Stored::of(s);
-  s.store().failNextApplies(1);
+  s.store().failNth(1, Fault::IoError);
   const auto response =
       s.post(route(serial, "finish"), R"({"dataFields": {"Status": "Approved"}})");
   const Json error = requireError(response, 503, "StoreError", {secretOf(serial)});
@@ -799,7 +803,8 @@ TEST_CASE("503: a store error writes nothing, says nothing of the store, and may
   // The host's log has what the client was not told, and not the secret.
   const auto lines = logged.taken();
   REQUIRE(lines.size() == 1);
-  CHECK(lines[0].find("E rest: finish: StoreError: injected: disk I/O error") == 0);
+  CHECK(lines[0].find(
+            "E rest: finish: StoreError: disk I/O error (injected by FaultInjectingStore") == 0);
   CHECK(lines[0].find(secretOf(serial)) == std::string::npos);
 
   requireNoContent(s.post(route(serial, "finish"), R"({"dataFields": {"Status": "Approved"}})"));

@@ -12,7 +12,6 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <iterator>
@@ -37,6 +36,7 @@
 
 #include "asyncflow/sqlite_store.hpp"
 #include "model/serial.hpp"
+#include "support/sqlite_support.hpp"
 #include "support/test_support.hpp"
 
 namespace {
@@ -45,7 +45,10 @@ using namespace asyncflow;
 namespace fs = std::filesystem;
 using asyncflow::testing::contains;
 using asyncflow::testing::CountingRandom;
+using asyncflow::testing::openStore;
+using asyncflow::testing::readBytes;
 using asyncflow::testing::TempDir;
+using asyncflow::testing::writeBytes;
 
 constexpr std::size_t kMiB = std::size_t{1} << 20;
 constexpr int kWideFields = 3000;  // fields declared by process "Wide"
@@ -345,9 +348,7 @@ struct Fixture {
       path = dir.file("store.db");
       SqliteOptions options;
       options.synchronous = Synchronous::Normal;
-      auto opened = SqliteStore::open(path, options);
-      if (!opened) FAIL("open: " << opened.error().toString());
-      store = std::shared_ptr<Store>(std::move(*opened));
+      store = openStore(path, options);
     } else {
       store = std::make_shared<MemoryStore>();
     }
@@ -789,26 +790,12 @@ std::vector<Accepted> acceptedInputs() {
 
 // --- database files -------------------------------------------------------------------------
 
-std::string readBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void writeBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out);
-}
-
 // A closed asyncflow database with three instances waiting at Submit; returns
 // instance 1's serial.
 std::string makeDatabase(const std::string& path) {
-  auto opened = SqliteStore::open(path);
-  if (!opened) FAIL("open: " << opened.error().toString());
   std::string first;
   {
-    Engine engine(std::shared_ptr<Store>(std::move(*opened)), engineOptions());
+    Engine engine(openStore(path), engineOptions());
     REQUIRE(engine.define(orderProcess([&](const std::string& serial) {
       if (first.empty()) first = serial;
     })));

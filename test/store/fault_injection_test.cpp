@@ -56,6 +56,7 @@ using asyncflow::testing::FaultInjectingStore;
 using asyncflow::testing::faultMessage;
 using asyncflow::testing::FaultPlan;
 using asyncflow::testing::FaultScope;
+using asyncflow::testing::openStore;
 using asyncflow::testing::StoreCall;
 using asyncflow::testing::storeCallName;
 using asyncflow::testing::TempDir;
@@ -325,9 +326,7 @@ class World {
       path_ = dir_->file("faults.db");
       SqliteOptions options;
       options.synchronous = Synchronous::Normal;  // durability is not under test here
-      auto opened = SqliteStore::open(path_, options);
-      if (!opened) FAIL("open: " << opened.error().toString());
-      real_ = std::shared_ptr<Store>(std::move(*opened));
+      real_ = openStore(path_, options);
     } else {
       real_ = std::make_shared<MemoryStore>();
     }
@@ -789,9 +788,7 @@ std::shared_ptr<SqliteStore> openCapped(const std::string& path, std::int64_t pa
   options.synchronous = Synchronous::Normal;
   options.busyTimeout = std::chrono::minutes(1);
   options.maxPageCount = pages;
-  auto opened = SqliteStore::open(path, options);
-  if (!opened) FAIL("open: " << opened.error().toString());
-  return std::shared_ptr<SqliteStore>(std::move(*opened));
+  return openStore(path, options);
 }
 
 EngineOptions inlineOptions() {

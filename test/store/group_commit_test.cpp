@@ -19,8 +19,9 @@
 #include <SQLiteCpp/Database.h>
 
 #include "store/sqlite/sqlite_store_probe.hpp"
-#include "support/sync_counting_vfs.hpp"
+#include "support/records.hpp"
 #include "support/sqlite_support.hpp"
+#include "support/sync_counting_vfs.hpp"
 #include "support/test_support.hpp"
 
 namespace {
@@ -29,51 +30,36 @@ using asyncflow::testing::TempDir;
 
 using namespace asyncflow;
 namespace fs = std::filesystem;
+using asyncflow::testing::batchOf;
 using asyncflow::testing::contains;
+using asyncflow::testing::creationWith;
+using asyncflow::testing::kT0;
 using asyncflow::testing::Latch;
+using asyncflow::testing::load;
+using asyncflow::testing::openStore;
+using asyncflow::testing::stepRun;
 using asyncflow::testing::SyncCountingVfs;
 
 using ApplyOutcome = Result<std::vector<ApplyResult>>;
 
-const Timestamp kT0 = Timestamp(std::chrono::seconds(1'700'000'000));
-
-// A store whose writers wait up to a minute for a lock held elsewhere: long
+// Options whose writers wait up to a minute for a lock held elsewhere: long
 // enough for any test to queue its callers behind the waiting leader.
-std::unique_ptr<SqliteStore> openStore(const std::string& path, SqliteOptions options = {}) {
+SqliteOptions patient(SqliteOptions options = {}) {
   options.busyTimeout = std::chrono::minutes(1);
-  auto store = SqliteStore::open(path, options);
-  if (!store) FAIL("open: " << store.error().toString());
-  return std::move(*store);
+  return options;
 }
 
-StepRunRecord stepRun(std::int64_t run, std::string step) {
-  StepRunRecord r;
-  r.run = run;
-  r.step = std::move(step);
-  r.kind = StepKind::Async;
-  r.status = StepRunStatus::Waiting;
-  r.attempt = 1;
-  r.createdAt = kT0;
-  return r;
-}
-
-ChangeSet creation(std::string firstStep = "Submit") {
-  ChangeSet set;
-  set.instance.process = "Order";
-  set.instance.processVersion = 1;
-  set.instance.status = InstanceStatus::Waiting;
-  set.instance.currentRun = 1;
-  set.instance.lastRun = 1;
-  set.instance.createdAt = kT0;
-  set.instance.updatedAt = kT0;
+// An Order (version 1) waiting at `firstStep`, its OrderId "before".
+ChangeSet waitingOrder(std::string firstStep = "Submit") {
+  ChangeSet set = creationWith("Order", 1, InstanceStatus::Waiting,
+                               {stepRun(1, std::move(firstStep), StepRunStatus::Waiting)});
   set.fields = Fields{{"OrderId", "before"}};
-  set.stepRuns.push_back(stepRun(1, std::move(firstStep)));
   return set;
 }
 
 // A version-checked update of `id` from `version`, setting field OrderId.
 ChangeSet update(InstanceId id, std::uint64_t version, std::string orderId) {
-  ChangeSet set = creation();
+  ChangeSet set = waitingOrder();
   set.instance.id = id;
   set.expectedVersion = version;
   set.instance.updatedAt = kT0 + std::chrono::seconds(1);
@@ -82,15 +68,9 @@ ChangeSet update(InstanceId id, std::uint64_t version, std::string orderId) {
   return set;
 }
 
-std::vector<ChangeSet> batchOf(ChangeSet set) {
-  std::vector<ChangeSet> batch;
-  batch.push_back(std::move(set));
-  return batch;
-}
-
 // Creates `count` instances in one batch; their ids.
 std::vector<InstanceId> createInstances(Store& store, std::size_t count) {
-  auto results = store.apply(std::vector<ChangeSet>(count, creation()));
+  auto results = store.apply(std::vector<ChangeSet>(count, waitingOrder()));
   if (!results) FAIL("apply: " << results.error().toString());
   std::vector<InstanceId> ids;
   for (const ApplyResult& result : *results) {
@@ -98,12 +78,6 @@ std::vector<InstanceId> createInstances(Store& store, std::size_t count) {
     ids.push_back(result.instance);
   }
   return ids;
-}
-
-InstanceSnapshot load(Store& store, InstanceId id) {
-  auto snapshot = store.loadInstance(id);
-  if (!snapshot) FAIL("loadInstance: " << snapshot.error().toString());
-  return *snapshot;
 }
 
 // The single status of a one-set batch that must have been written or refused.
@@ -200,11 +174,11 @@ TEST_CASE(
   options.synchronous = Synchronous::Normal;  // what is pinned is the grouping, not the fsync
   std::vector<InstanceId> ids;
   {
-    auto store = openStore(path, options);
+    auto store = openStore(path, patient(options));
     ids = createInstances(*store, kThreads);
     CHECK(updateConcurrently(*store, ids, kPerThread) == 0);
   }
-  auto store = openStore(path, options);
+  auto store = openStore(path, patient(options));
   for (InstanceId id : ids) {
     INFO("instance " << id);
     const InstanceSnapshot snapshot = load(*store, id);
@@ -223,7 +197,7 @@ TEST_CASE("a lone caller commits once per batch, callers queued behind a commit 
   SyncCountingVfs::Installed counting;  // at synchronous=FULL, one WAL sync per commit
 
   SECTION("one thread: one commit per batch, as without grouping") {
-    auto store = openStore(path);
+    auto store = openStore(path, patient());
     const InstanceId id = createInstances(*store, 1).front();
     SyncCountingVfs::walSyncs = 0;
     for (std::uint64_t version = 1; version <= 20; ++version) {
@@ -233,7 +207,7 @@ TEST_CASE("a lone caller commits once per batch, callers queued behind a commit 
   }
 
   SECTION("seven callers queued behind a waiting leader commit together, after it") {
-    auto store = openStore(path);
+    auto store = openStore(path, patient());
     const std::vector<InstanceId> ids = createInstances(*store, 8);
     SyncCountingVfs::walSyncs = 0;
     WriteLock lock(path);
@@ -253,7 +227,7 @@ TEST_CASE("a lone caller commits once per batch, callers queued behind a commit 
   SECTION("maxGroupSize caps a group; the rest form the next groups") {
     SqliteOptions options;
     options.maxGroupSize = 3;
-    auto store = openStore(path, options);
+    auto store = openStore(path, patient(options));
     const std::vector<InstanceId> ids = createInstances(*store, 8);
     SyncCountingVfs::walSyncs = 0;
     WriteLock lock(path);
@@ -268,7 +242,7 @@ TEST_CASE("a lone caller commits once per batch, callers queued behind a commit 
   }
 
   SECTION("eight threads released together need fewer commits than batches") {
-    auto store = openStore(path);
+    auto store = openStore(path, patient());
     const std::vector<InstanceId> ids = createInstances(*store, 8);
     SyncCountingVfs::walSyncs = 0;
     CHECK(updateConcurrently(*store, ids, 25) == 0);
@@ -281,7 +255,7 @@ TEST_CASE("a batch that fails in SQL inside a group rolls back only itself") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   SyncCountingVfs::Installed counting;
-  auto store = openStore(path);
+  auto store = openStore(path, patient());
   const std::vector<InstanceId> ids = createInstances(*store, 3);
   const InstanceId leader = ids[0];
   const InstanceId before = ids[1];
@@ -295,8 +269,8 @@ TEST_CASE("a batch that fails in SQL inside a group rolls back only itself") {
   // The failing batch first writes to `victim`, then refuses a row.
   std::vector<ChangeSet> failing;
   failing.push_back(update(victim, 1, "after"));
-  failing.back().stepRuns.push_back(stepRun(2, "Notify"));
-  failing.push_back(creation("Boom"));
+  failing.back().stepRuns.push_back(stepRun(2, "Notify", StepRunStatus::Waiting));
+  failing.push_back(waitingOrder("Boom"));
 
   SyncCountingVfs::walSyncs = 0;
   WriteLock lock(path);
@@ -304,7 +278,7 @@ TEST_CASE("a batch that fails in SQL inside a group rolls back only itself") {
   callers.queue(batchOf(update(leader, 1, "after")));  // leads alone
   callers.queue(batchOf(update(before, 1, "after")));  // the group: before it,
   callers.queue(std::move(failing));                   // the failing batch,
-  callers.queue(batchOf(creation()));                  // and a create after it
+  callers.queue(batchOf(waitingOrder()));              // and a create after it
   lock.release();
   callers.join();
 
@@ -334,7 +308,7 @@ TEST_CASE("when the group's transaction is lost, every batch of the group fails 
   std::vector<InstanceId> ids;
   std::string expected;
   {
-    auto store = openStore(path);
+    auto store = openStore(path, patient());
     ids = createInstances(*store, 3);
     SyncCountingVfs::walSyncs = 0;
 
@@ -355,7 +329,7 @@ TEST_CASE("when the group's transaction is lost, every batch of the group fails 
     callers.queue(batchOf(update(ids[0], 1, "after")));  // leads alone and commits
     callers.queue(batchOf(update(ids[1], 1, "after")));
     callers.queue(batchOf(update(ids[2], 1, "after")));
-    callers.queue(batchOf(creation(expected == "injected rollback" ? "Boom" : "Submit")));
+    callers.queue(batchOf(waitingOrder(expected == "injected rollback" ? "Boom" : "Submit")));
     lock.release();
     callers.join();
 
@@ -373,7 +347,7 @@ TEST_CASE("when the group's transaction is lost, every batch of the group fails 
     // The store goes on working.
     CHECK(statusOf(store->apply(batchOf(update(ids[1], 1, "later")))) == ApplyStatus::Applied);
   }
-  auto reopened = openStore(path);
+  auto reopened = openStore(path, patient());
   CHECK(load(*reopened, ids[0]).record.version == 2);
   CHECK(load(*reopened, ids[1]).fields == Fields{{"OrderId", "later"}});
   CHECK(load(*reopened, ids[2]).record.version == 1);
@@ -384,7 +358,7 @@ TEST_CASE("two callers updating one instance from one version in one group: one 
   TempDir dir;
   const std::string path = dir.file("store.db");
   SyncCountingVfs::Installed counting;
-  auto store = openStore(path);
+  auto store = openStore(path, patient());
   const std::vector<InstanceId> ids = createInstances(*store, 2);
   const InstanceId contested = ids[1];
   SyncCountingVfs::walSyncs = 0;
@@ -408,7 +382,7 @@ TEST_CASE("two callers updating one instance from one version in one group: one 
 TEST_CASE("reads do not wait for a write in progress, and see it once apply returns") {
   TempDir dir;
   const std::string path = dir.file("store.db");
-  auto store = openStore(path);
+  auto store = openStore(path, patient());
   const InstanceId id = createInstances(*store, 1).front();
   WriteLock lock(path);
   Callers callers(*store);

@@ -12,34 +12,17 @@
 #include "asyncflow/store.hpp"
 #include "support/catch.hpp"
 #include "support/printers.hpp"
+#include "support/records.hpp"
 
 namespace {
 
-using asyncflow::ApplyResult;
 using asyncflow::ApplyStatus;
 using asyncflow::ChangeSet;
 using asyncflow::InstanceId;
 using asyncflow::MemoryStore;
-
-ChangeSet creation() {
-  ChangeSet set;
-  set.instance.process = "Order";
-  set.instance.processVersion = 1;
-  return set;
-}
-
-std::vector<ApplyResult> applyAll(MemoryStore& store, std::vector<ChangeSet> batch) {
-  auto results = store.apply(std::move(batch));
-  REQUIRE(results.has_value());
-  return *results;
-}
-
-InstanceId create(MemoryStore& store) {
-  const auto results = applyAll(store, {creation()});
-  REQUIRE(results.size() == 1);
-  REQUIRE(results.front().status == ApplyStatus::Applied);
-  return results.front().instance;
-}
+using asyncflow::testing::applyBatch;
+using asyncflow::testing::create;
+using asyncflow::testing::creation;
 
 }  // namespace
 
@@ -52,13 +35,13 @@ TEST_CASE("MemoryStore assigns consecutive ids, a conflict consumes none") {
   missing.instance.id = 3;  // not there yet: a Conflict that must not take id 3
   missing.expectedVersion = 1;
   batch.insert(batch.begin() + 1, missing);
-  const auto results = applyAll(store, std::move(batch));
+  const auto results = applyBatch(store, std::move(batch));
   REQUIRE(results.size() == 3);
   CHECK(results[0].instance == 2);
   CHECK(results[1].status == ApplyStatus::Conflict);
   CHECK(results[2].instance == 3);
 
-  CHECK(applyAll(store, {}).empty());
+  CHECK(applyBatch(store, {}).empty());
   CHECK(create(store) == 4);
 }
 

@@ -9,8 +9,6 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <memory>
 #include <random>
@@ -21,6 +19,8 @@
 #include <SQLiteCpp/Database.h>
 #include <SQLiteCpp/Statement.h>
 
+#include "support/records.hpp"
+#include "support/sqlite_support.hpp"
 #include "support/sync_counting_vfs.hpp"
 #include "support/test_support.hpp"
 
@@ -30,87 +30,22 @@ using asyncflow::testing::TempDir;
 
 using namespace asyncflow;
 namespace fs = std::filesystem;
+using asyncflow::testing::applyBatch;
 using asyncflow::testing::contains;
 using asyncflow::testing::CountingRandom;
+using asyncflow::testing::create;
+using asyncflow::testing::creation;
 using asyncflow::testing::errorOf;
+using asyncflow::testing::kT0;
+using asyncflow::testing::load;
+using asyncflow::testing::openStore;
+using asyncflow::testing::readBytes;
+using asyncflow::testing::stepRun;
 using asyncflow::testing::SyncCountingVfs;
+using asyncflow::testing::updateOf;
+using asyncflow::testing::writeBytes;
 
-const Timestamp kT0 = Timestamp(std::chrono::seconds(1'700'000'000));
 constexpr int kAsyncflowApplicationId = 0x41464C57;  // "AFLW"
-
-std::string readBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void writeBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out);
-}
-
-std::shared_ptr<SqliteStore> openStore(const std::string& path, SqliteOptions options = {}) {
-  auto store = SqliteStore::open(path, options);
-  if (!store) FAIL("open: " << store.error().toString());
-  return std::shared_ptr<SqliteStore>(std::move(*store));
-}
-
-StepRunRecord stepRun(std::int64_t run, std::string step,
-                      StepRunStatus status = StepRunStatus::Starting) {
-  StepRunRecord r;
-  r.run = run;
-  r.step = std::move(step);
-  r.kind = StepKind::Async;
-  r.status = status;
-  r.attempt = 1;
-  r.secret = "c2VjcmV0c2VjcmV0c2VjcmV0";
-  r.createdAt = kT0;
-  return r;
-}
-
-ChangeSet creation(Fields fields = {{"OrderId", "A-1"}}) {
-  ChangeSet set;
-  set.instance.process = "Order";
-  set.instance.processVersion = 2;
-  set.instance.status = InstanceStatus::Running;
-  set.instance.currentRun = 1;
-  set.instance.lastRun = 1;
-  set.instance.createdAt = kT0;
-  set.instance.updatedAt = kT0;
-  set.fields = std::move(fields);
-  set.stepRuns.push_back(stepRun(1, "Submit"));
-  return set;
-}
-
-ChangeSet updateOf(const InstanceSnapshot& current) {
-  ChangeSet set;
-  set.instance = current.record;
-  set.expectedVersion = current.record.version;
-  set.instance.updatedAt = current.record.updatedAt + std::chrono::seconds(1);
-  return set;
-}
-
-std::vector<ApplyResult> applyAll(Store& store, std::vector<ChangeSet> batch) {
-  auto results = store.apply(std::move(batch));
-  if (!results) FAIL("apply: " << results.error().toString());
-  return *results;
-}
-
-InstanceId create(Store& store, ChangeSet set = creation()) {
-  std::vector<ChangeSet> batch;
-  batch.push_back(std::move(set));
-  const auto results = applyAll(store, std::move(batch));
-  REQUIRE(results.size() == 1);
-  REQUIRE(results[0].status == ApplyStatus::Applied);
-  return results[0].instance;
-}
-
-InstanceSnapshot load(Store& store, InstanceId id) {
-  auto snapshot = store.loadInstance(id);
-  if (!snapshot) FAIL("loadInstance: " << snapshot.error().toString());
-  return *snapshot;
-}
 
 // A second connection to the store's file, as an operator or another process.
 SQLite::Database connect(const std::string& path) {
@@ -162,7 +97,7 @@ TEST_CASE("an instance, its fields and its step runs survive close and reopen ex
   TempDir dir;
   const std::string path = dir.file("store.db");
 
-  ChangeSet set = creation(edgeFields());
+  ChangeSet set = creation("Order", 1, edgeFields());
   set.instance.status = InstanceStatus::Waiting;
   set.instance.currentRun = 4;
   set.instance.lastRun = 4;
@@ -222,7 +157,7 @@ TEST_CASE("a NaN double is stored as NULL and reads back as NaN") {
   TempDir dir;
   auto store = openStore(dir.file("store.db"));
   const InstanceId id =
-      create(*store, creation({{"Ratio", std::numeric_limits<double>::quiet_NaN()}}));
+      create(*store, creation("Order", 1, {{"Ratio", std::numeric_limits<double>::quiet_NaN()}}));
   const InstanceSnapshot snapshot = load(*store, id);
   const Value* ratio = snapshot.fields.find("Ratio");
   REQUIRE(ratio != nullptr);
@@ -275,7 +210,7 @@ TEST_CASE("the journal is WAL, and synchronous is FULL by default and NORMAL whe
     // A batch is one transaction: ten change sets, one commit.
     std::vector<ChangeSet> batch(10, creation());
     SyncCountingVfs::walSyncs = 0;
-    CHECK(applyAll(*store, std::move(batch)).size() == 10);
+    CHECK(applyBatch(*store, std::move(batch)).size() == 10);
     CHECK(SyncCountingVfs::walSyncs == 1);
   }
 
@@ -571,7 +506,7 @@ TEST_CASE("a version 1 database with a waiting run migrates to 2 and keeps worki
   event.run = 2;
   event.step = "Approve";
   set.history = {event};
-  REQUIRE(applyAll(*store, {set}).front().status == ApplyStatus::Applied);
+  REQUIRE(applyBatch(*store, {set}).front().status == ApplyStatus::Applied);
   CHECK(store->findByKey(KeyQuery{"Order", "Approve", "A-17", 2}).value() ==
         std::vector<StepRunKey>{{1, 2}});
   CHECK(store->findByKey(KeyQuery{"Order", "Approve", "", 2}).value().empty());
@@ -647,7 +582,8 @@ TEST_CASE("a corrupt asyncflow database gives StoreErrors, never a crash") {
   {
     auto store = openStore(path);
     for (int i = 0; i < kInstances; ++i) {
-      create(*store, creation({{"OrderId", "order-" + std::to_string(i)},
+      create(*store, creation("Order", 1,
+                              {{"OrderId", "order-" + std::to_string(i)},
                                {"Notes", std::string(200, static_cast<char>('a' + i % 26))}}));
     }
   }
@@ -694,7 +630,7 @@ TEST_CASE("a corrupt asyncflow database gives StoreErrors, never a crash") {
     WaitingQuery everything;
     everything.limit = 1000;
     if (auto rows = store.listWaiting(everything); !rows) expectStoreError(rows.error());
-    RunningQuery running{"Order", 2, 0, 1000};
+    RunningQuery running{"Order", 1, 0, 1000};
     if (auto ids = store.listRunning(running); !ids) expectStoreError(ids.error());
     if (auto next = store.nextDeadline(Timestamp::min()); !next) expectStoreError(next.error());
     if (auto due = store.listDue(DueQuery{kT0, std::nullopt, 1000}); !due) {
@@ -739,7 +675,7 @@ TEST_CASE("a write lock held elsewhere fails apply after the busy timeout, writi
   CHECK(hasCode(store->loadInstance(existing + 1), Errc::NotFound));
 
   other.exec("COMMIT");
-  const auto results = applyAll(*store, batch);
+  const auto results = applyBatch(*store, batch);
   REQUIRE(results.size() == 2);
   CHECK(results[0].status == ApplyStatus::Applied);
   CHECK(results[0].instance == existing + 1);
@@ -765,11 +701,11 @@ TEST_CASE("a batch whose later set fails in SQL rolls back the earlier sets too"
   TempDir dir;
   const std::string path = dir.file("store.db");
   auto store = openStore(path);
-  const InstanceId existing = create(*store, creation({{"OrderId", "before"}}));
+  const InstanceId existing = create(*store, creation("Order", 1, {{"OrderId", "before"}}));
 
   ChangeSet first = updateOf(load(*store, existing));
   first.fields = Fields{{"OrderId", "after"}};
-  first.stepRuns = {stepRun(2, "Notify")};
+  first.stepRuns = {stepRun(2, "Notify", StepRunStatus::Starting)};
   ChangeSet second = creation();
   std::string expected;
 
@@ -810,6 +746,7 @@ TEST_CASE("fields and waiting steps are readable with plain SQL") {
   const std::string path = dir.file("store.db");
   auto store = openStore(path);
   ChangeSet set = creation(
+      "Order", 2,
       {{"OrderId", "A-17"}, {"Amount", 12.5}, {"Urgent", true}, {"Count", 3}, {"Note", nullptr}});
   set.instance.status = InstanceStatus::Waiting;
   StepRunRecord waiting = stepRun(1, "SubmitToErp", StepRunStatus::Waiting);
@@ -907,7 +844,7 @@ TEST_CASE("history is readable with plain SQL, numbered per instance in write or
   completes.expectedVersion += 1;
   completes.history = {historyEvent(HistoryKind::StepCompleted, 1, "Submit", "Status=Ok"),
                        historyEvent(HistoryKind::Completed, 0, "", "")};
-  const auto results = applyAll(*store, {waits, cancels, completes});
+  const auto results = applyBatch(*store, {waits, cancels, completes});
   REQUIRE(results.size() == 3);
   for (const ApplyResult& result : results) CHECK(result.status == ApplyStatus::Applied);
 
@@ -933,14 +870,14 @@ TEST_CASE("a Conflict or a failed batch leaves no history row") {
   first.history = {historyEvent(HistoryKind::Started, 0, "", "version 2")};
   const InstanceId id = create(*store, first);
   const InstanceSnapshot original = load(*store, id);
-  REQUIRE(applyAll(*store, {updateOf(original)}).front().status == ApplyStatus::Applied);
+  REQUIRE(applyBatch(*store, {updateOf(original)}).front().status == ApplyStatus::Applied);
   const std::vector<std::string> before = historyRows(path);
   REQUIRE(before.size() == 1);
 
   SECTION("a stale version") {
     ChangeSet stale = updateOf(original);
     stale.history = {historyEvent(HistoryKind::Failed, 0, "", "stale")};
-    CHECK(applyAll(*store, {stale}).front().status == ApplyStatus::Conflict);
+    CHECK(applyBatch(*store, {stale}).front().status == ApplyStatus::Conflict);
   }
   SECTION("a batch rolled back by a later set's error: the earlier set's history goes too") {
     ChangeSet good = updateOf(load(*store, id));
@@ -962,7 +899,7 @@ TEST_CASE("listWaiting pages by run, not by completion field") {
   // Three waiting runs; the first carries three completion fields, so the SQL
   // joins it into three rows.
   for (int i = 0; i < 3; ++i) {
-    ChangeSet set = creation();
+    ChangeSet set = creation("Order", 2);
     set.stepRuns.front().status = StepRunStatus::Waiting;
     if (i == 0) {
       set.stepRuns.front().hasCompletion = true;

@@ -1,15 +1,19 @@
-// Deterministic helpers shared by the engine tests: a latch, a predictable
-// random source, and a store wrapper that fails on purpose.
+// Deterministic helpers shared by the tests: a latch, a predictable random
+// source, a scratch directory, an engine harness on a manual clock, and checked
+// reads. Faults come from the installed kit (asyncflow/testing/fault_injection.hpp),
+// records to write from support/records.hpp.
 #pragma once
 
-#include <atomic>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <mutex>
 #include <random>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include <asyncflow/asyncflow.hpp>
 
@@ -73,37 +77,29 @@ class Latch {
   int count_;
 };
 
-// Bytes 0, 1, 2, ... forever: serial secrets become predictable and distinct.
+// Bytes first, first + 1, ... (mod 256) forever: serial secrets become
+// predictable and distinct. Records the size of each request. Thread-safe.
 class CountingRandom final : public RandomSource {
  public:
+  explicit CountingRandom(std::uint8_t first = 0) : next_(first) {}
+
   Result<void> fill(std::uint8_t* out, std::size_t size) override {
-    for (std::size_t i = 0; i < size; ++i) out[i] = static_cast<std::uint8_t>(next_++);
+    std::lock_guard lock(mutex_);
+    requests_.push_back(size);
+    for (std::size_t i = 0; i < size; ++i) out[i] = next_++;
     return {};
   }
 
- private:
-  std::atomic<unsigned> next_{0};
-};
-
-// Fails the next `failures` calls to apply() with StoreError, writing nothing.
-class FailingStore final : public StoreWrapper {
- public:
-  using StoreWrapper::StoreWrapper;
-  void failNextApplies(int failures) { failures_ = failures; }
-  int applies() const { return applies_; }
-
-  Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) override {
-    ++applies_;
-    if (failures_ > 0) {
-      --failures_;
-      return fail(Errc::StoreError, "injected: disk I/O error");
-    }
-    return StoreWrapper::apply(std::move(batch));
+  // The sizes asked for so far, in order.
+  std::vector<std::size_t> requests() const {
+    std::lock_guard lock(mutex_);
+    return requests_;
   }
 
  private:
-  std::atomic<int> failures_{0};
-  std::atomic<int> applies_{0};
+  mutable std::mutex mutex_;
+  std::uint8_t next_;
+  std::vector<std::size_t> requests_;
 };
 
 // An engine over a fresh MemoryStore with a manual clock and predictable secrets.
@@ -121,5 +117,12 @@ struct Harness {
     return o;
   }
 };
+
+// What engine.instance(id) reads; the test fails unless it succeeds.
+inline InstanceInfo info(const Engine& engine, InstanceId id) {
+  auto result = engine.instance(id);
+  if (!result) FAIL("instance(" << id << "): " << result.error().toString());
+  return *std::move(result);
+}
 
 }  // namespace asyncflow::testing
