@@ -4,6 +4,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -59,11 +60,22 @@ struct Done {};
 // What an attempt returns when its commit lost the race.
 inline constexpr std::nullopt_t kLostRace = std::nullopt;
 
+// What a read-modify-write acts on, as its Conflict message names it: "instance
+// 5" or "step run 5_2". Formatted only when the message is needed.
+struct Subject {
+  InstanceId instance = 0;
+  std::int64_t run = 0;  // 0: the instance itself
+  std::string describe() const {
+    return run == 0 ? fmt::format("instance {}", instance)
+                    : fmt::format("step run {}_{}", instance, run);
+  }
+};
+
 // Runs `attempt` until it is done or fails, at most kMaxWriteRetries times; then
 // Conflict: "<what> kept changing under this call; retry". The one conflict
 // loop of the engine. Attempt<Done> gives Result<void>, Attempt<T> Result<T>.
 template <class F>
-auto retryOnConflict(std::string_view what, F&& attempt) {
+auto retryOnConflict(const Subject& what, F&& attempt) {
   using Tried = std::invoke_result_t<F&>;            // Attempt<T>
   using T = typename Tried::value_type::value_type;  // T
   using Out = std::conditional_t<std::is_same_v<T, Done>, Result<void>, Result<T>>;
@@ -78,7 +90,8 @@ auto retryOnConflict(std::string_view what, F&& attempt) {
       }
     }
   }
-  return Out(fail(Errc::Conflict, fmt::format("{} kept changing under this call; retry", what)));
+  return Out(fail(Errc::Conflict,
+                  fmt::format("{} kept changing under this call; retry", what.describe())));
 }
 
 }  // namespace asyncflow::detail

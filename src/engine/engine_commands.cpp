@@ -92,8 +92,7 @@ Result<void> Engine::Impl::applyEventBySerial(std::string_view serial, ServerEve
 Result<void> Engine::Impl::applyEvent(const RunSelector& selector, const ServerEvent& event) {
   bool moveOn = false;
   auto applied = retryOnConflict(
-      fmt::format("step run {}", detail::formatSerial(selector.key.instance, selector.key.run, {})),
-      [&]() -> Attempt<Done> {
+      detail::Subject{selector.key.instance, selector.key.run}, [&]() -> Attempt<Done> {
         auto open = openRun(selector, event.kind);
         if (!open) return tl::unexpected(open.error());
         if (!open->process) return notDefined(open->snapshot.record);
@@ -143,7 +142,7 @@ Result<void> Engine::Impl::completeByKey(std::string_view process, std::string_v
 }
 
 Result<void> Engine::Impl::cancel(InstanceId id, const std::string& reason) {
-  return retryOnConflict(fmt::format("instance {}", id), [&]() -> Attempt<Done> {
+  return retryOnConflict(detail::Subject{id}, [&]() -> Attempt<Done> {
     auto snapshot = store_->loadInstance(id);
     if (!snapshot) return tl::unexpected(snapshot.error());
     std::optional<StepRunRecord> open;
@@ -162,7 +161,7 @@ Result<void> Engine::Impl::cancel(InstanceId id, const std::string& reason) {
 }
 
 Result<void> Engine::Impl::retry(InstanceId id) {
-  auto retried = retryOnConflict(fmt::format("instance {}", id), [&]() -> Attempt<Done> {
+  auto retried = retryOnConflict(detail::Subject{id}, [&]() -> Attempt<Done> {
     auto snapshot = store_->loadInstance(id);
     if (!snapshot) return tl::unexpected(snapshot.error());
     const InstanceRecord& record = snapshot->record;
@@ -252,8 +251,8 @@ detail::TimerPass Engine::Impl::fireDueTimers(Timestamp now) {
 // Waiting --deadline--> TimedOut. False when the run was no longer due.
 Result<bool> Engine::Impl::fireTimer(const DueRun& timer, Timestamp now) {
   bool moveOn = false;
-  auto fired = retryOnConflict(
-      fmt::format("step run {}_{}", timer.key.instance, timer.key.run), [&]() -> Attempt<bool> {
+  auto fired =
+      retryOnConflict(detail::Subject{timer.key.instance, timer.key.run}, [&]() -> Attempt<bool> {
         auto snapshot = store_->loadInstance(timer.key.instance);
         if (!snapshot) return tl::unexpected(snapshot.error());
         auto run = store_->loadStepRun(timer.key.instance, timer.key.run);

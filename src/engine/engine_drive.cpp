@@ -184,29 +184,28 @@ Engine::Impl::Step Engine::Impl::commitDecision(const detail::CompiledProcess& p
   const int attempt = run.attempt;
   const InstanceId id = run.instance;
   const std::int64_t runId = run.run;
-  auto committed =
-      retryOnConflict(fmt::format("step run {}_{}", id, runId), [&]() -> Attempt<Step> {
-        auto set = transitions_.close(process, snapshot, run, decision, currentTime());
-        if (!set) return tl::unexpected(set.error());
-        const bool running = set->instance.status == InstanceStatus::Running;
-        auto applied = committer_.commit(std::move(*set));
-        if (!applied) return tl::unexpected(applied.error());
-        if (applied->status == ApplyStatus::Applied) {
-          return std::optional<Step>(running ? Step::Again : Step::Stop);
-        }
-        auto newer = store_->loadInstance(id);
-        if (!newer) return tl::unexpected(newer.error());
-        if (newer->record.status != InstanceStatus::Running) return std::optional<Step>(Step::Stop);
-        auto newerRun = store_->loadStepRun(id, runId);
-        if (!newerRun) return tl::unexpected(newerRun.error());
-        if (newerRun->attempt != attempt || (newerRun->status != StepRunStatus::Ready &&
-                                             newerRun->status != StepRunStatus::Starting)) {
-          return std::optional<Step>(Step::Again);  // someone else moved this run on; look again
-        }
-        snapshot = std::move(*newer);
-        run = std::move(*newerRun);
-        return kLostRace;
-      });
+  auto committed = retryOnConflict(detail::Subject{id, runId}, [&]() -> Attempt<Step> {
+    auto set = transitions_.close(process, snapshot, run, decision, currentTime());
+    if (!set) return tl::unexpected(set.error());
+    const bool running = set->instance.status == InstanceStatus::Running;
+    auto applied = committer_.commit(std::move(*set));
+    if (!applied) return tl::unexpected(applied.error());
+    if (applied->status == ApplyStatus::Applied) {
+      return std::optional<Step>(running ? Step::Again : Step::Stop);
+    }
+    auto newer = store_->loadInstance(id);
+    if (!newer) return tl::unexpected(newer.error());
+    if (newer->record.status != InstanceStatus::Running) return std::optional<Step>(Step::Stop);
+    auto newerRun = store_->loadStepRun(id, runId);
+    if (!newerRun) return tl::unexpected(newerRun.error());
+    if (newerRun->attempt != attempt ||
+        (newerRun->status != StepRunStatus::Ready && newerRun->status != StepRunStatus::Starting)) {
+      return std::optional<Step>(Step::Again);  // someone else moved this run on; look again
+    }
+    snapshot = std::move(*newer);
+    run = std::move(*newerRun);
+    return kLostRace;
+  });
   if (!committed) {
     trouble = committed.error().toString();
     return Step::Failed;

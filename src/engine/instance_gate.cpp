@@ -36,14 +36,17 @@ std::size_t InstanceGate::size() const {
 std::chrono::milliseconds DriveBackoff::failed(InstanceId id) {
   MutexLock lock(mutex_);
   const int inARow = ++failures_[id];
+  count_ = failures_.size();
   std::chrono::milliseconds delay = kFirst;
   for (int i = 1; i < inARow && delay < kLongest; ++i) delay *= 2;
   return std::min(delay, kLongest);
 }
 
 void DriveBackoff::succeeded(InstanceId id) {
+  if (count_.load(std::memory_order_relaxed) == 0) return;
   MutexLock lock(mutex_);
   failures_.erase(id);
+  count_ = failures_.size();
 }
 
 std::size_t DriveBackoff::size() const {

@@ -1,6 +1,7 @@
 // One thread per instance (internal): the local half of instance ownership.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <unordered_map>
@@ -65,6 +66,9 @@ class DriveBackoff {
  private:
   mutable Mutex mutex_;
   std::unordered_map<InstanceId, int> failures_ ASYNCFLOW_GUARDED_BY(mutex_);
+  // failures_.size(), readable without the lock: every good drive calls
+  // succeeded(), and almost always there is nothing to forget.
+  std::atomic<std::size_t> count_{0};
 };
 
 }  // namespace asyncflow::detail

@@ -63,7 +63,13 @@ void WorkerPool::work() {
     run_(next);
     lock.lock();
     --busy_;
-    if (queue_.empty() && busy_ == 0) idle_.notifyAll();
+    if (queue_.empty() && busy_ == 0) {
+      // Notified outside the lock, so that the waiter does not wake only to
+      // block on it.
+      lock.unlock();
+      idle_.notifyAll();
+      lock.lock();
+    }
   }
 }
 

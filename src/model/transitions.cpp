@@ -325,10 +325,9 @@ Result<ChangeSet> Transitions::timeOut(const CompiledProcess& process,
 // completion: AlreadyCompleted for Complete and Fail; otherwise taken.
 Result<void> Transitions::admit(const InstanceSnapshot& snapshot, const StepRunRecord& run,
                                 std::optional<ServerEvent::Kind> event) {
-  const std::string ids = idsOf(run);
   if (run.kind != StepKind::Async) {
-    return fail(Errc::NotFound,
-                fmt::format("step run {} ('{}') is not an async step", ids, quoted(run.step)));
+    return fail(Errc::NotFound, fmt::format("step run {} ('{}') is not an async step", idsOf(run),
+                                            quoted(run.step)));
   }
   if (run.status == StepRunStatus::Cancelled ||
       snapshot.record.status == InstanceStatus::Cancelled) {
@@ -336,16 +335,18 @@ Result<void> Transitions::admit(const InstanceSnapshot& snapshot, const StepRunR
   }
   switch (run.status) {
     case StepRunStatus::Completed:
-      return fail(Errc::AlreadyCompleted, fmt::format("step run {} is already completed", ids));
+      return fail(Errc::AlreadyCompleted,
+                  fmt::format("step run {} is already completed", idsOf(run)));
     case StepRunStatus::Failed:
-      return fail(Errc::StepFailed, fmt::format("step run {} failed: {}", ids, quoted(run.error)));
+      return fail(Errc::StepFailed,
+                  fmt::format("step run {} failed: {}", idsOf(run), quoted(run.error)));
     case StepRunStatus::TimedOut:
-      return fail(Errc::TimedOut, fmt::format("step run {} timed out", ids));
+      return fail(Errc::TimedOut, fmt::format("step run {} timed out", idsOf(run)));
     case StepRunStatus::Ready:
     case StepRunStatus::Starting:
       if (run.hasCompletion && event && *event != ServerEvent::Kind::Heartbeat) {
         return fail(Errc::AlreadyCompleted,
-                    fmt::format("step run {} already has a completion recorded", ids));
+                    fmt::format("step run {} already has a completion recorded", idsOf(run)));
       }
       return {};
     case StepRunStatus::Waiting: return {};

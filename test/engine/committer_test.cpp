@@ -131,7 +131,7 @@ TEST_CASE(
 
 TEST_CASE("retryOnConflict retries lost races, stops at a value or an error, and bounds the loop") {
   int tries = 0;
-  auto value = retryOnConflict("instance 5", [&]() -> Attempt<int> {
+  auto value = retryOnConflict(detail::Subject{5}, [&]() -> Attempt<int> {
     if (++tries < 3) return kLostRace;
     return std::optional<int>(42);
   });
@@ -140,7 +140,7 @@ TEST_CASE("retryOnConflict retries lost races, stops at a value or an error, and
   CHECK(tries == 3);
 
   tries = 0;
-  Result<void> refused = retryOnConflict("instance 5", [&]() -> Attempt<Done> {
+  Result<void> refused = retryOnConflict(detail::Subject{5}, [&]() -> Attempt<Done> {
     ++tries;
     return fail(Errc::Cancelled, "instance 5 was cancelled");
   });
@@ -149,14 +149,14 @@ TEST_CASE("retryOnConflict retries lost races, stops at a value or an error, and
   CHECK(tries == 1);
 
   tries = 0;
-  Result<void> done = retryOnConflict("instance 5", [&]() -> Attempt<Done> {
+  Result<void> done = retryOnConflict(detail::Subject{5}, [&]() -> Attempt<Done> {
     ++tries;
     return Done{};
   });
   CHECK(done.has_value());
 
   tries = 0;
-  Result<void> busy = retryOnConflict("step run 5_2", [&]() -> Attempt<Done> {
+  Result<void> busy = retryOnConflict(detail::Subject{5, 2}, [&]() -> Attempt<Done> {
     ++tries;
     return kLostRace;
   });
