@@ -96,10 +96,12 @@ Result<void> Engine::Impl::applyEvent(const RunSelector& selector, const ServerE
         auto open = openRun(selector, event.kind);
         if (!open) return tl::unexpected(open.error());
         if (!open->process) return notDefined(open->snapshot.record);
-        ServerEvent checked = event;
         auto valid = open->process->checkFields(event.fields);
         if (!valid) return tl::unexpected(valid.error());
+        ServerEvent checked;
+        checked.kind = event.kind;
         checked.fields = std::move(*valid);
+        checked.reason = event.reason;
         const bool waiting = open->run.status == StepRunStatus::Waiting;
         auto set = transitions_.applyEvent(*open->process, open->snapshot, std::move(open->run),
                                            std::move(checked), currentTime());
