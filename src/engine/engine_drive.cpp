@@ -60,7 +60,7 @@ void Engine::Impl::drive(const Continuation& next) {
   const std::size_t maxSteps = std::max<std::size_t>(options_.maxStepsPerDrive, 1);
   std::size_t steps = 0;
   for (;;) {
-    Step outcome = Step::Stop;
+    Progress outcome = Progress::Stop;
     std::string trouble;
     try {
       for (;;) {
@@ -69,7 +69,7 @@ void Engine::Impl::drive(const Continuation& next) {
           return;
         }
         outcome = stepOnce(id, recovering, trouble);
-        if (outcome != Step::Again) break;
+        if (outcome != Progress::Again) break;
         if (++steps >= maxSteps) {
           // Let other instances (and other callers) have a turn: the rest runs
           // later, on a worker or, inline, on the timer.
@@ -91,9 +91,9 @@ void Engine::Impl::drive(const Continuation& next) {
       // A throwing store, or allocation failure: as a store failure.
       trouble = detail::describeException(std::current_exception());
       recovering = true;
-      outcome = Step::Failed;
+      outcome = Progress::Failed;
     }
-    if (outcome == Step::Failed) {
+    if (outcome == Progress::Failed) {
       gate_.leave(id);
       retryLater(id, recovering ? Drive::Recover : Drive::Continue, trouble);
       return;
@@ -106,37 +106,38 @@ void Engine::Impl::drive(const Continuation& next) {
 // Runs the instance's current step once and commits the result. `recovering`
 // is read (the handler may have run: count a new attempt first) and left true
 // when a failure means the next try must count one too. `trouble` says why on
-// Step::Failed.
-Engine::Impl::Step Engine::Impl::stepOnce(InstanceId id, bool& recovering, std::string& trouble) {
+// Progress::Failed.
+Engine::Impl::Progress Engine::Impl::stepOnce(InstanceId id, bool& recovering,
+                                              std::string& trouble) {
   const bool recover = recovering;
   recovering = false;
   auto snapshot = store_->loadInstance(id);
   if (!snapshot) {
     recovering = recover;
     trouble = snapshot.error().toString();
-    return Step::Failed;
+    return Progress::Failed;
   }
-  if (snapshot->record.status != InstanceStatus::Running) return Step::Stop;
+  if (snapshot->record.status != InstanceStatus::Running) return Progress::Stop;
   const auto openRun = detail::openRunOf(snapshot->record);
-  if (!openRun) return Step::Stop;
+  if (!openRun) return Progress::Stop;
   auto run = store_->loadStepRun(id, *openRun);
   if (!run) {
     recovering = recover;
     trouble = run.error().toString();
-    return Step::Failed;
+    return Progress::Failed;
   }
   if (run->status != StepRunStatus::Ready && run->status != StepRunStatus::Starting) {
-    return Step::Stop;
+    return Progress::Stop;
   }
   ProcessPtr process = registry_.find(snapshot->record.process, snapshot->record.processVersion);
   if (!process) {
     log(LogLevel::Warning, notDefined(snapshot->record).value().message);
-    return Step::Stop;  // it waits for a define() of its version, which recovers it
+    return Progress::Stop;  // it waits for a define() of its version, which recovers it
   }
   auto step = detail::stepOf(*process, *run);
   if (!step) {
     log(LogLevel::Warning, step.error().message);
-    return Step::Stop;
+    return Progress::Stop;
   }
 
   if (recover || run->status == StepRunStatus::Ready) {
@@ -145,7 +146,7 @@ Engine::Impl::Step Engine::Impl::stepOnce(InstanceId id, bool& recovering, std::
     auto set = Transitions::restartAfterCrash(*snapshot, *run, currentTime());
     if (!set) {
       trouble = set.error().toString();
-      return Step::Failed;
+      return Progress::Failed;
     }
     StepRunRecord restarted = set->stepRuns.front();
     InstanceRecord header = set->instance;
@@ -153,13 +154,13 @@ Engine::Impl::Step Engine::Impl::stepOnce(InstanceId id, bool& recovering, std::
     if (!applied) {
       recovering = recover;
       trouble = applied.error().toString();
-      return Step::Failed;
+      return Progress::Failed;
     }
     if (applied->status == ApplyStatus::Conflict) {
       // Changed meanwhile (say, an early completion): look again, still
       // recovering, so the handler never re-runs with the crashed attempt().
       recovering = recover;
-      return Step::Again;
+      return Progress::Again;
     }
     header.version = snapshot->record.version + 1;
     snapshot->record = std::move(header);
@@ -167,40 +168,42 @@ Engine::Impl::Step Engine::Impl::stepOnce(InstanceId id, bool& recovering, std::
   }
 
   const detail::Decision decision = detail::runHandler(*process, **step, *snapshot, *run);
-  const Step result =
+  const Progress result =
       commitDecision(*process, std::move(*snapshot), std::move(*run), decision, trouble);
   // The handler ran: a failed commit of its decision makes the next try a re-run.
-  if (result == Step::Failed) recovering = true;
+  if (result == Progress::Failed) recovering = true;
   return result;
 }
 
 // Commits a handler's decision. If a server event or cancel changed the
 // instance while the handler ran, re-applies the decision to the newer state,
 // or lets go when the run was closed or restarted meanwhile.
-Engine::Impl::Step Engine::Impl::commitDecision(const detail::CompiledProcess& process,
-                                                InstanceSnapshot snapshot, StepRunRecord run,
-                                                const detail::Decision& decision,
-                                                std::string& trouble) {
+Engine::Impl::Progress Engine::Impl::commitDecision(const detail::CompiledProcess& process,
+                                                    InstanceSnapshot snapshot, StepRunRecord run,
+                                                    const detail::Decision& decision,
+                                                    std::string& trouble) {
   const int attempt = run.attempt;
   const InstanceId id = run.instance;
   const std::int64_t runId = run.run;
-  auto committed = retryOnConflict(detail::Subject{id, runId}, [&]() -> Attempt<Step> {
+  auto committed = retryOnConflict(detail::Subject{id, runId}, [&]() -> Attempt<Progress> {
     auto set = transitions_.close(process, snapshot, run, decision, currentTime());
     if (!set) return tl::unexpected(set.error());
     const bool running = set->instance.status == InstanceStatus::Running;
     auto applied = committer_.commit(std::move(*set));
     if (!applied) return tl::unexpected(applied.error());
     if (applied->status == ApplyStatus::Applied) {
-      return std::optional<Step>(running ? Step::Again : Step::Stop);
+      return std::optional<Progress>(running ? Progress::Again : Progress::Stop);
     }
     auto newer = store_->loadInstance(id);
     if (!newer) return tl::unexpected(newer.error());
-    if (newer->record.status != InstanceStatus::Running) return std::optional<Step>(Step::Stop);
+    if (newer->record.status != InstanceStatus::Running)
+      return std::optional<Progress>(Progress::Stop);
     auto newerRun = store_->loadStepRun(id, runId);
     if (!newerRun) return tl::unexpected(newerRun.error());
     if (newerRun->attempt != attempt ||
         (newerRun->status != StepRunStatus::Ready && newerRun->status != StepRunStatus::Starting)) {
-      return std::optional<Step>(Step::Again);  // someone else moved this run on; look again
+      return std::optional<Progress>(
+          Progress::Again);  // someone else moved this run on; look again
     }
     snapshot = std::move(*newer);
     run = std::move(*newerRun);
@@ -208,7 +211,7 @@ Engine::Impl::Step Engine::Impl::commitDecision(const detail::CompiledProcess& p
   });
   if (!committed) {
     trouble = committed.error().toString();
-    return Step::Failed;
+    return Progress::Failed;
   }
   return *committed;
 }

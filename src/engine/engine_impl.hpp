@@ -82,7 +82,7 @@ class Engine::Impl {
   };
 
   // What stepOnce() found.
-  enum class Step {
+  enum class Progress {
     Again,   // there may be more to run now
     Stop,    // the instance waits, ended, or another thread moved it on
     Failed,  // the store failed: try the drive again after a back-off
@@ -102,9 +102,10 @@ class Engine::Impl {
   // Drives one instance until it waits, ends, yields or fails; the worker
   // pool's runner. Never throws.
   void drive(const detail::Continuation& next);
-  Step stepOnce(InstanceId id, bool& recovering, std::string& trouble);
-  Step commitDecision(const detail::CompiledProcess& process, InstanceSnapshot snapshot,
-                      StepRunRecord run, const detail::Decision& decision, std::string& trouble);
+  Progress stepOnce(InstanceId id, bool& recovering, std::string& trouble);
+  Progress commitDecision(const detail::CompiledProcess& process, InstanceSnapshot snapshot,
+                          StepRunRecord run, const detail::Decision& decision,
+                          std::string& trouble);
   // Tries the drive again after the back-off, logging why.
   void retryLater(InstanceId id, detail::Drive how, const std::string& trouble);
 
