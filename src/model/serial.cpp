@@ -1,6 +1,5 @@
 #include "model/serial.hpp"
 
-#include <algorithm>
 #include <array>
 
 #include <fmt/format.h>
@@ -8,8 +7,10 @@
 namespace asyncflow::detail {
 namespace {
 
-constexpr char kBase64Url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+// The digits of a new secret, in the order of their value.
+constexpr char kBase62[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
+// Every character a stored secret may hold: base62 now, base64url before.
 bool isBase64Url(char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
          c == '_';
@@ -28,27 +29,18 @@ bool parseId(std::string_view text, std::int64_t& out) {
   return true;
 }
 
-std::string encodeBase64Url(const std::uint8_t* data, std::size_t size) {
-  std::string out;
-  out.reserve((size * 4 + 2) / 3);
-  std::size_t i = 0;
-  for (; i + 3 <= size; i += 3) {
-    std::uint32_t n =
-        (std::uint32_t{data[i]} << 16) | (std::uint32_t{data[i + 1]} << 8) | data[i + 2];
-    out += kBase64Url[(n >> 18) & 63];
-    out += kBase64Url[(n >> 12) & 63];
-    out += kBase64Url[(n >> 6) & 63];
-    out += kBase64Url[n & 63];
-  }
-  if (size - i == 1) {
-    std::uint32_t n = std::uint32_t{data[i]} << 16;
-    out += kBase64Url[(n >> 18) & 63];
-    out += kBase64Url[(n >> 12) & 63];
-  } else if (size - i == 2) {
-    std::uint32_t n = (std::uint32_t{data[i]} << 16) | (std::uint32_t{data[i + 1]} << 8);
-    out += kBase64Url[(n >> 18) & 63];
-    out += kBase64Url[(n >> 12) & 63];
-    out += kBase64Url[(n >> 6) & 63];
+// The big-endian number in `bytes` as kSecretChars base62 digits, zero-padded:
+// schoolbook division by 62, one digit per pass, least significant first.
+std::string encodeBase62(std::array<std::uint8_t, kSecretBytes> bytes) {
+  std::string out(kSecretChars, kBase62[0]);
+  for (std::size_t digit = kSecretChars; digit-- > 0;) {
+    unsigned remainder = 0;
+    for (std::uint8_t& byte : bytes) {
+      const unsigned value = remainder * 256 + byte;
+      byte = static_cast<std::uint8_t>(value / 62);
+      remainder = value % 62;
+    }
+    out[digit] = kBase62[remainder];
   }
   return out;
 }
@@ -115,7 +107,7 @@ Result<std::string> newSecret(RandomSource& random) {
   if (auto filled = random.fill(bytes.data(), bytes.size()); !filled) {
     return tl::unexpected(filled.error());
   }
-  return encodeBase64Url(bytes.data(), bytes.size());
+  return encodeBase62(bytes);
 }
 
 }  // namespace asyncflow::detail

@@ -24,8 +24,8 @@ namespace {
 // Failure messages kept in the report; the rest are only counted.
 constexpr std::size_t kMaxFailureMessages = 40;
 
-// "{instance}_{run}_{secret}". The secret is base64url and may hold '_', so only
-// the first two underscores separate.
+// "{instance}_{run}_{secret}". New secrets are base62, but one stored before
+// base62 is base64url and may hold '_', so only the first two underscores separate.
 struct SerialParts {
   InstanceId instance = 0;
   std::int64_t run = 0;

@@ -422,7 +422,7 @@ std::string pickSerial(ByteReader& in, int source, const State& state) {
         case 6: return serialOf(*run) + static_cast<char>(arg);
         case 7: secret = std::string(detail::kSecretChars, kBase64Url[arg % 64]); break;
         case 8: return "0" + serialOf(*run);
-        default:  // the last character: the same 128 bits in another spelling, or not
+        default:  // the last character changed (or not), maybe to '-' or '_'
           if (!secret.empty()) secret.back() = kBase64Url[arg % 64];
           break;
       }

@@ -1,14 +1,19 @@
-// fuzz_serial: the serial parser (src/serial.hpp) on arbitrary bytes.
+// fuzz_serial: the serial parser and secret encoder (src/model/serial.hpp) on
+// arbitrary bytes.
 //
 // Properties, each checked on every input:
 // - parseSerial never crashes; it accepts the input or fails with InvalidSerial
 //   and a short, printable message (a hostile serial is never echoed raw, and
 //   what may be its secret not at all);
 // - what it accepts is canonical: positive ids, an empty or 22-character
-//   base64url secret, and formatSerial gives back exactly the input, which
+//   base64url secret (a new base62 one or one stored before base62, which may
+//   hold '-' and '_'), and formatSerial gives back exactly the input, which
 //   parses to the same parts;
-// - in the other direction, ids and secret bytes taken from the input format to
-//   a serial that parses back to them, and constantTimeEquals agrees with ==.
+// - in the other direction, ids and 16 secret bytes taken from the input: the
+//   secret newSecret makes of the bytes is 22 base62 characters that decode
+//   back to them, and the ids and secret format to a serial with exactly two
+//   '_' that parses back to them;
+// - constantTimeEquals agrees with ==.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -28,22 +33,51 @@ using asyncflow::fuzz::ByteReader;
 using asyncflow::fuzz::shown;
 namespace detail = asyncflow::detail;
 
-// Hands out the fuzz input's bytes as "random" secret bytes.
+// Hands out the fuzz input's bytes as "random" secret bytes, and keeps the
+// last ones it handed out.
 class BytesRandom final : public asyncflow::RandomSource {
  public:
   explicit BytesRandom(ByteReader& in) : in_(in) {}
   Result<void> fill(std::uint8_t* out, std::size_t size) override {
-    for (std::size_t i = 0; i < size; ++i) out[i] = in_.byte();
+    last_.clear();
+    for (std::size_t i = 0; i < size; ++i) {
+      out[i] = in_.byte();
+      last_ += static_cast<char>(out[i]);
+    }
     return {};
   }
+  const std::string& last() const { return last_; }
 
  private:
   ByteReader& in_;
+  std::string last_;
 };
 
 bool isBase64Url(char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
          c == '_';
+}
+
+// The kSecretBytes big-endian bytes whose zero-padded base62 (0-9, A-Z, a-z) is
+// `secret`, decoded apart from the encoder; empty unless `secret` is
+// kSecretChars base62 digits of a number below 2^128.
+std::string base62Bytes(std::string_view secret) {
+  constexpr std::string_view kDigits =
+      "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  if (secret.size() != detail::kSecretChars) return {};
+  unsigned char bytes[detail::kSecretBytes] = {};
+  for (char c : secret) {
+    const auto digit = kDigits.find(c);
+    if (digit == std::string_view::npos) return {};
+    auto carry = static_cast<unsigned>(digit);
+    for (std::size_t i = detail::kSecretBytes; i-- > 0;) {
+      const unsigned value = bytes[i] * 62u + carry;
+      bytes[i] = static_cast<unsigned char>(value & 0xff);
+      carry = value >> 8;
+    }
+    if (carry != 0) return {};
+  }
+  return std::string(reinterpret_cast<const char*>(bytes), sizeof bytes);
 }
 
 void checkParse(std::string_view text) {
@@ -113,8 +147,17 @@ void checkFormat(const std::uint8_t* data, std::size_t size) {
   if (!secret || secret->size() != detail::kSecretChars) {
     broken("newSecret makes 22 characters", secret ? *secret : secret.error().toString());
   }
+  if (base62Bytes(*secret) != random.last()) {
+    broken("newSecret is the base62 of the bytes it drew",
+           "'" + *secret + "' for bytes '" + shown(random.last()) + "'");
+  }
   for (const std::string& s : {*secret, std::string()}) {
     const std::string serial = detail::formatSerial(instance, run, s);
+    const auto first = serial.find('_');
+    const auto second = serial.find('_', first + 1);
+    const bool twoSeparators =
+        s.empty() ? second == std::string::npos : serial.find('_', second + 1) == std::string::npos;
+    if (!twoSeparators) broken("a new serial holds '_' only as separators", "'" + serial + "'");
     auto parsed = detail::parseSerial(serial);
     if (!parsed || parsed->instance != instance || parsed->run != run || parsed->secret != s) {
       broken("a formatted serial parses back",

@@ -23,9 +23,16 @@ def write(target, name, data):
 # --- fuzz_serial: the text of a serial ------------------------------------------------
 
 SECRET = "Q2hhbmdlTWUxMjM0NTY3OA"  # 22 base64url characters
+BASE62_SECRET = "3R8RjEscrCCJnyXWIy7JOh"  # as newSecret writes it now
+OLD_SECRET = "8PHy8_T19vf4-fr7_P3-_w"  # base64url, as stored before base62
 serials = {
     "bare": "5_31",
     "with_secret": "5_31_" + SECRET,
+    "base62_secret": "5_31_" + BASE62_SECRET,
+    "old_secret_with_underscore_and_dash": "5_31_" + OLD_SECRET,
+    "old_secret_starting_with_underscore": "5_31__" + OLD_SECRET[:-1],
+    # Ids and secret bytes for the format direction: 2^128 - 1, the largest secret.
+    "format_largest_secret": "\xff" * 32,
     "max_ids": "9223372036854775807_9223372036854775807_" + SECRET,
     "overflow": "9223372036854775808_1",
     "leading_zero": "05_31",

@@ -1,9 +1,14 @@
-// Pins the serial format of DESIGN.md section 6 (src/serial.hpp): what is
-// produced, what is accepted, and that everything else is InvalidSerial.
+// Pins the serial format of DESIGN.md section 6 (src/model/serial.hpp): what is
+// produced (base62 secrets), what is accepted (base64url secrets too, as stored
+// before base62), and that everything else is InvalidSerial.
 #include "model/serial.hpp"
 
+#include <array>
 #include <cstdint>
 #include <limits>
+#include <map>
+#include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <string_view>
@@ -29,8 +34,15 @@ using asyncflow::testing::CountingRandom;
 
 constexpr std::int64_t kMaxId = std::numeric_limits<std::int64_t>::max();
 
-// A secret that parseSerial accepts: base64url of the bytes 0..15.
+// A secret that parseSerial accepts: base64url of the bytes 0..15, as secrets
+// were written before base62.
 const std::string kSecret = "AAECAwQFBgcICQoLDA0ODw";
+
+// A secret as newSecret writes it now: base62 of the bytes 0..15.
+const std::string kBase62Secret = "000SYW7RiJxkEgOGusQGwp";
+
+// How many secrets the statistical tests draw.
+constexpr int kDraws = 100000;
 
 // Yields the same byte forever.
 class ConstantRandom final : public asyncflow::RandomSource {
@@ -61,6 +73,43 @@ class FixedRandom final : public asyncflow::RandomSource {
   std::vector<std::uint8_t> bytes_;
 };
 
+// A reproducible stream from std::mt19937_64 (whose output the standard fixes),
+// eight bytes per draw, low byte first.
+class SeededRandom final : public asyncflow::RandomSource {
+ public:
+  explicit SeededRandom(std::uint64_t seed) : engine_(seed) {}
+
+  Result<void> fill(std::uint8_t* out, std::size_t size) override {
+    std::uint64_t word = 0;
+    for (std::size_t i = 0; i < size; ++i) {
+      if (i % 8 == 0) word = engine_();
+      out[i] = static_cast<std::uint8_t>(word >> (8 * (i % 8)));
+    }
+    return {};
+  }
+
+ private:
+  std::mt19937_64 engine_;
+};
+
+// Forwards to another source and keeps the bytes of its last fill.
+class TappedRandom final : public asyncflow::RandomSource {
+ public:
+  explicit TappedRandom(asyncflow::RandomSource& source) : source_(source) {}
+
+  Result<void> fill(std::uint8_t* out, std::size_t size) override {
+    auto filled = source_.fill(out, size);
+    last_.assign(out, out + size);
+    return filled;
+  }
+
+  const std::vector<std::uint8_t>& last() const { return last_; }
+
+ private:
+  asyncflow::RandomSource& source_;
+  std::vector<std::uint8_t> last_;
+};
+
 // Always fails, as an exhausted or broken entropy source would.
 class BrokenRandom final : public asyncflow::RandomSource {
  public:
@@ -84,6 +133,66 @@ std::string printable(std::string_view text) {
   }
   if (text.size() > kShown) out += "...(" + std::to_string(text.size()) + " bytes)";
   return out;
+}
+
+// The 16 big-endian bytes whose zero-padded base62 (0-9, A-Z, a-z) is `secret`,
+// worked out apart from newSecret: times 62 plus each digit. Nothing unless
+// `secret` is kSecretChars base62 digits of a number below 2^128.
+std::optional<std::vector<std::uint8_t>> base62Bytes(std::string_view secret) {
+  constexpr std::string_view kDigits =
+      "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  if (secret.size() != kSecretChars) return std::nullopt;
+  std::vector<std::uint8_t> bytes(kSecretBytes, 0);
+  for (char c : secret) {
+    const auto digit = kDigits.find(c);
+    if (digit == std::string_view::npos) return std::nullopt;
+    auto carry = static_cast<unsigned>(digit);
+    for (auto byte = bytes.rbegin(); byte != bytes.rend(); ++byte) {
+      const unsigned value = *byte * 62u + carry;
+      *byte = static_cast<std::uint8_t>(value & 0xff);
+      carry = value >> 8;
+    }
+    if (carry != 0) return std::nullopt;
+  }
+  return bytes;
+}
+
+// Draws kDraws secrets from `source` through newSecret and formatSerial, and
+// checks each serial: no '_' after its second separator, a secret of 22 letters
+// and digits that is the base62 of the drawn bytes, and parseSerial gives back
+// the parts. Also checks that each of the 128 bits took both values.
+void checkNewSerials(asyncflow::RandomSource& source) {
+  TappedRandom random(source);
+  std::array<std::uint8_t, kSecretBytes> anyOne{};
+  std::array<std::uint8_t, kSecretBytes> anyZero{};
+  std::set<std::string> secrets;
+  int bad = 0;
+  std::string firstBad;
+  for (int i = 0; i < kDraws; ++i) {
+    const auto secret = newSecret(random);
+    REQUIRE(secret.has_value());
+    const std::string serial = formatSerial(5, 31, *secret);
+    const auto second = serial.find('_', serial.find('_') + 1);
+    const auto parts = parseSerial(serial);
+    const bool good = second == 4 && serial.find('_', second + 1) == std::string::npos &&
+                      serial.substr(second + 1) == *secret &&
+                      base62Bytes(*secret) == random.last() && parts.has_value() &&
+                      parts->instance == 5 && parts->run == 31 && parts->secret == *secret;
+    if (!good && bad++ == 0) firstBad = serial;
+    secrets.insert(*secret);
+    for (std::size_t b = 0; b < kSecretBytes; ++b) {
+      anyOne[b] |= random.last()[b];
+      anyZero[b] |= static_cast<std::uint8_t>(~random.last()[b]);
+    }
+  }
+  INFO("first bad serial: " << firstBad);
+  CHECK(bad == 0);
+  CHECK(secrets.size() == static_cast<std::size_t>(kDraws));
+  for (std::size_t b = 0; b < kSecretBytes; ++b) {
+    INFO("byte " << b);
+    CHECK(anyOne[b] == 0xff);
+    CHECK(anyZero[b] == 0xff);
+  }
 }
 
 // Checks that `serial` is refused as InvalidSerial with a short, printable message.
@@ -142,11 +251,29 @@ TEST_CASE("parseSerial accepts every base64url character in a secret") {
   }
 }
 
+TEST_CASE("parseSerial reads a secret stored before base62, with '_' and '-' inside") {
+  // Old secrets are base64url: '_' may stand anywhere in them, first and last
+  // included, and only the first two '_' of the serial separate.
+  const std::vector<std::string> secrets = {"8PHy8_T19vf4-fr7_P3-_w", "_8PHy8_T19vf4-fr7_P3-_",
+                                            "-_-_-_-_-_-_-_-_-_-_-_", std::string(21, '_') + "w"};
+  for (const std::string& secret : secrets) {
+    INFO("secret " << secret);
+    REQUIRE(secret.size() == kSecretChars);
+    const std::string serial = "5_31_" + secret;
+    const auto parts = parseSerial(serial);
+    REQUIRE(parts.has_value());
+    CHECK(parts->instance == 5);
+    CHECK(parts->run == 31);
+    CHECK(parts->secret == secret);
+    CHECK(formatSerial(parts->instance, parts->run, parts->secret) == serial);
+  }
+}
+
 TEST_CASE("formatSerial and parseSerial round-trip") {
   const std::vector<std::int64_t> ids = {1, 9, 10, 31, 1000000007, kMaxId};
   for (std::int64_t instance : ids) {
     for (std::int64_t run : ids) {
-      for (const std::string& secret : {std::string(), kSecret}) {
+      for (const std::string& secret : {std::string(), kSecret, kBase62Secret}) {
         const std::string serial = formatSerial(instance, run, secret);
         INFO("serial " << serial);
         const auto parts = parseSerial(serial);
@@ -299,39 +426,107 @@ TEST_CASE("parseSerial reports each rejection as InvalidSerial, never another co
 
 // --- newSecret -------------------------------------------------------------
 
-TEST_CASE("newSecret asks for kSecretBytes and encodes them as unpadded base64url") {
+TEST_CASE("newSecret asks for kSecretBytes and writes them as 22 base62 digits") {
   STATIC_REQUIRE(kSecretBytes == 16);
-  STATIC_REQUIRE(kSecretChars == 22);  // ceil(16 * 8 / 6)
+  STATIC_REQUIRE(kSecretChars == 22);  // 62^21 < 2^128 <= 62^22
 
   CountingRandom random(0);
   const auto secret = newSecret(random);
   REQUIRE(secret.has_value());
-  // Bytes 00 01 .. 0f, by hand: 000102 -> AAEC, 030405 -> AwQF, 060708 -> BgcI,
-  // 090a0b -> CQoL, 0c0d0e -> DA0O, 0f -> Dw (two characters, no padding).
-  CHECK(*secret == "AAECAwQFBgcICQoLDA0ODw");
+  // Bytes 00 01 .. 0f as one big-endian number (Python:
+  // int.from_bytes(bytes(range(16)), "big")) in base62.
+  CHECK(*secret == kBase62Secret);
   CHECK(secret->size() == kSecretChars);
   CHECK(random.requests() == std::vector<std::size_t>{kSecretBytes});
 }
 
-TEST_CASE("newSecret uses the URL-safe alphabet for 62 and 63") {
-  // ff ff ff -> indices 63 63 63 63 -> "____"; the last lone ff -> 63, 48 -> "_w".
+TEST_CASE("newSecret known answers: zero, one, 61, 62, 2^127 and 2^128 - 1") {
+  // The expected values come from Python's integers, not from this encoder.
+  ConstantRandom zeros(0);
+  CHECK(newSecret(zeros).value() == std::string(kSecretChars, '0'));
   ConstantRandom ones(0xff);
-  CHECK(newSecret(ones).value() == std::string(21, '_') + "w");
+  CHECK(newSecret(ones).value() == "7n42DGM5Tflk9n8mt7Fhc7");
 
-  // fb ef be -> indices 62 62 62 62 -> "----"; a lone f8 -> 62, 0 -> "-A".
-  FixedRandom dashes({0xfb, 0xef, 0xbe, 0xfb, 0xef, 0xbe, 0xfb, 0xef, 0xbe, 0xfb, 0xef, 0xbe, 0xfb,
-                      0xef, 0xbe, 0xf8});
-  CHECK(newSecret(dashes).value() == std::string(21, '-') + "A");
+  auto lastByte = [](std::uint8_t byte) {
+    std::vector<std::uint8_t> bytes(kSecretBytes, 0);
+    bytes.back() = byte;
+    return bytes;
+  };
+  FixedRandom one(lastByte(1));
+  CHECK(newSecret(one).value() == std::string(21, '0') + "1");
+  FixedRandom sixtyOne(lastByte(61));
+  CHECK(newSecret(sixtyOne).value() == std::string(21, '0') + "z");
+  FixedRandom sixtyTwo(lastByte(62));
+  CHECK(newSecret(sixtyTwo).value() == std::string(20, '0') + "10");
 
-  // f0 .. ff: f0f1f2 -> 8PHy, f3f4f5 -> 8_T1, f6f7f8 -> 9vf4, f9fafb -> -fr7,
-  // fcfdfe -> _P3-, ff -> _w.
-  CountingRandom high(0xf0);
-  CHECK(newSecret(high).value() == "8PHy8_T19vf4-fr7_P3-_w");
+  std::vector<std::uint8_t> half(kSecretBytes, 0);
+  half.front() = 0x80;
+  FixedRandom highBit(half);
+  CHECK(newSecret(highBit).value() == "3tX16dB2jpss4tZORYcqo4");
+
+  CountingRandom high(0xf0);  // f0 f1 .. ff
+  CHECK(newSecret(high).value() == "7KejEB2hoMnyVC3MoOmLWh");
 }
 
-TEST_CASE("newSecret of all-zero bytes is all A") {
-  ConstantRandom zeros(0);
-  CHECK(newSecret(zeros).value() == std::string(kSecretChars, 'A'));
+TEST_CASE("newSecret agrees with an independent base62 decoder on edge values") {
+  std::vector<std::vector<std::uint8_t>> inputs;
+  for (int bit = 0; bit < 128; ++bit) {
+    std::vector<std::uint8_t> power(kSecretBytes, 0);  // 2^bit
+    power[kSecretBytes - 1 - static_cast<std::size_t>(bit / 8)] =
+        static_cast<std::uint8_t>(1u << (bit % 8));
+    std::vector<std::uint8_t> belowPower(kSecretBytes, 0);  // 2^bit - 1
+    for (int low = 0; low < bit; ++low) {
+      belowPower[kSecretBytes - 1 - static_cast<std::size_t>(low / 8)] |=
+          static_cast<std::uint8_t>(1u << (low % 8));
+    }
+    inputs.push_back(power);
+    inputs.push_back(belowPower);
+  }
+  for (const auto& bytes : inputs) {
+    FixedRandom random(bytes);
+    const std::string secret = newSecret(random).value();
+    INFO("secret " << secret);
+    CHECK(base62Bytes(secret) == bytes);
+  }
+}
+
+TEST_CASE("newSecret is injective: distinct bytes give distinct secrets") {
+  // A seeded sample plus inputs one bit or one byte apart from each other.
+  std::map<std::string, std::vector<std::uint8_t>> bytesOf;
+  std::set<std::vector<std::uint8_t>> inputs;
+  auto draw = [&](const std::vector<std::uint8_t>& bytes) {
+    FixedRandom random(bytes);
+    const std::string secret = newSecret(random).value();
+    const auto [entry, fresh] = bytesOf.emplace(secret, bytes);
+    if (!fresh && entry->second != bytes) FAIL("two inputs give the secret " << secret);
+    inputs.insert(bytes);
+  };
+  SeededRandom seeded(20240611);
+  for (int i = 0; i < kDraws; ++i) {
+    std::vector<std::uint8_t> bytes(kSecretBytes);
+    REQUIRE(seeded.fill(bytes.data(), bytes.size()));
+    draw(bytes);
+  }
+  for (std::size_t at = 0; at < kSecretBytes; ++at) {
+    for (int value = 0; value < 256; ++value) {
+      std::vector<std::uint8_t> bytes(kSecretBytes, 0);
+      bytes[at] = static_cast<std::uint8_t>(value);
+      draw(bytes);
+    }
+  }
+  CHECK(bytesOf.size() == inputs.size());
+}
+
+TEST_CASE("100000 new serials from a seeded source hold no '_' after the second separator") {
+  SeededRandom random(0x5e71a15);
+  checkNewSerials(random);
+}
+
+TEST_CASE("100000 new serials from the OS CSPRNG hold no '_' after the second separator") {
+  // The default source: secrets differ and every one of the 128 bits varies.
+  auto random = asyncflow::osRandom();
+  REQUIRE(random != nullptr);
+  checkNewSerials(*random);
 }
 
 TEST_CASE("newSecret draws fresh bytes on every call") {
@@ -342,7 +537,7 @@ TEST_CASE("newSecret draws fresh bytes on every call") {
   REQUIRE(second.has_value());
   CHECK(*first != *second);
   // Bytes 10 11 .. 1f.
-  CHECK(*second == "EBESExQVFhcYGRobHB0eHw");
+  CHECK(*second == "0UJg4EBGO3cQWJhXqJNbv5");
   CHECK(random.requests() == std::vector<std::size_t>{kSecretBytes, kSecretBytes});
 }
 
@@ -388,22 +583,4 @@ TEST_CASE("constantTimeEquals compares every byte, NUL and high bytes included")
   CHECK(constantTimeEquals("\xff\x80"s, "\xff\x80"s));
   CHECK_FALSE(constantTimeEquals("\xff\x80"s, "\xff\x81"s));
   CHECK_FALSE(constantTimeEquals("\x80"s, "\x00"s));
-}
-
-TEST_CASE("the default random source is the OS CSPRNG: secrets differ and use all 128 bits") {
-  auto random = asyncflow::osRandom();
-  REQUIRE(random != nullptr);
-  std::set<std::string> secrets;
-  std::set<char> lastChars;
-  for (int i = 0; i < 64; ++i) {
-    auto secret = asyncflow::detail::newSecret(*random);
-    REQUIRE(secret);
-    REQUIRE(secret->size() == asyncflow::detail::kSecretChars);
-    secrets.insert(*secret);
-    lastChars.insert(secret->back());
-  }
-  CHECK(secrets.size() == 64);
-  // The 22nd character carries the last 2 bits of the 16th byte (values 0, 16,
-  // 32, 48 -> 'A', 'Q', 'g', 'w'); a source that left the tail zero shows only 'A'.
-  CHECK(lastChars.size() > 1);
 }
