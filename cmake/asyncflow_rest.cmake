@@ -3,11 +3,12 @@
 #
 # ASYNCFLOW_BUILD_REST:
 #   AUTO (default)  build it when cpp-httplib (pkg-config "cpp-httplib", as Debian's
-#                   libcpp-httplib-dev ships it) and nlohmann_json (CMake config,
-#                   nlohmann-json3-dev) are found; otherwise say so and skip it
+#                   libcpp-httplib-dev ships it), nlohmann_json (CMake config,
+#                   nlohmann-json3-dev) and expat (libexpat1-dev, the XML fields'
+#                   parser) are found; otherwise say so and skip it
 #   ON              build it; a missing dependency is a configure error
 #   OFF             never build it
-# The core library never depends on either package. Sets ASYNCFLOW_REST_BUILT.
+# The core library never depends on them. Sets ASYNCFLOW_REST_BUILT.
 
 set(ASYNCFLOW_BUILD_REST AUTO CACHE STRING
   "Build the asyncflow::rest add-on (needs cpp-httplib and nlohmann-json): AUTO, ON or OFF")
@@ -27,6 +28,10 @@ if(_asyncflow_rest_mode STREQUAL "AUTO" OR ASYNCFLOW_BUILD_REST)
   endif()
   if(NOT TARGET PkgConfig::cpp-httplib)
     list(APPEND _asyncflow_rest_missing "cpp-httplib via pkg-config (Debian: libcpp-httplib-dev)")
+  endif()
+  find_package(EXPAT QUIET)
+  if(NOT TARGET EXPAT::EXPAT)
+    list(APPEND _asyncflow_rest_missing "expat (Debian: libexpat1-dev)")
   endif()
   find_package(nlohmann_json 3 CONFIG QUIET)
   if(NOT TARGET nlohmann_json::nlohmann_json)
@@ -50,7 +55,14 @@ if(_asyncflow_rest_mode STREQUAL "AUTO" OR ASYNCFLOW_BUILD_REST)
 endif()
 
 if(ASYNCFLOW_REST_BUILT)
-  add_library(asyncflow_rest src/rest/rest.cpp)
+  add_library(asyncflow_rest
+    src/rest/rest.cpp
+    src/rest/routes.cpp
+    src/rest/bodies.cpp
+    src/rest/xml.cpp
+    src/rest/authorizers.cpp
+    src/rest/views.cpp
+    src/rest/openapi.cpp)
   add_library(asyncflow::rest ALIAS asyncflow_rest)
   set_target_properties(asyncflow_rest PROPERTIES
     CXX_EXTENSIONS OFF
@@ -62,7 +74,8 @@ if(ASYNCFLOW_REST_BUILT)
   # asyncflow::rest does not need it; cpp-httplib is PUBLIC (see above).
   target_link_libraries(asyncflow_rest
     PUBLIC asyncflow PkgConfig::cpp-httplib
-    PRIVATE $<BUILD_INTERFACE:nlohmann_json::nlohmann_json> $<BUILD_INTERFACE:asyncflow_warnings>)
+    PRIVATE $<BUILD_INTERFACE:nlohmann_json::nlohmann_json> $<BUILD_INTERFACE:asyncflow_warnings>
+      EXPAT::EXPAT)
 
   if(ASYNCFLOW_INSTALL)
     # A separate export set, so the package config loads it only where

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -62,11 +63,21 @@ struct InstanceInfo {
   InstanceStatus status = InstanceStatus::Running;
   std::string currentStep;  // the open or last step; empty before the first
   StepRunStatus currentStepStatus = StepRunStatus::Ready;
+  // The open or last step run's number (the "31" of serial "5_31"); 0 before the first.
+  std::int64_t currentRun = 0;
   std::string serial;  // the current step run's serial (async steps only)
   Fields fields;
   std::string error;  // why it failed or was cancelled
   Timestamp createdAt{};
   Timestamp updatedAt{};
+};
+
+// What startOnce reports.
+struct Started {
+  InstanceId id = 0;
+  std::string process;
+  int processVersion = 0;  // the version the instance runs (the first start's, on a repeat)
+  bool created = false;    // false: the key named an instance an earlier call started
 };
 
 // One waiting step run, as waiting() lists it.
@@ -137,6 +148,24 @@ class Engine {
   // waits or ends. NotFound for an unknown process; InvalidField for an
   // undeclared or wrongly typed field; StoreError if the start was not stored.
   [[nodiscard]] Result<InstanceId> start(std::string_view process, Fields fields = {});
+
+  // start(), at most once per (process, idempotencyKey), across every engine on
+  // the store and across restarts. The first call starts the instance and, in
+  // the same commit, stores the key with a fingerprint of `fields` as given. A
+  // later call with the key and the same fields (names, types and values: 1 and
+  // 1.0 differ) reports that instance with created == false and runs nothing;
+  // it is answered from the store, so a newer version defined since changes
+  // nothing. Of concurrent calls with one key exactly one creates; the others
+  // report its instance. Errors, in the order checked:
+  //   InvalidArgument: the key is empty, over 255 bytes, not printable ASCII
+  //     (0x20 to 0x7E), or starts or ends with a space;
+  //   NotFound: no version of `process` is defined here;
+  //   KeyReused: the key started an instance with other fields;
+  //   InvalidField: as start(), for a first call;
+  //   StoreError: the store failed; nothing was written and the call may be
+  //     repeated as it was.
+  [[nodiscard]] Result<Started> startOnce(std::string_view process, std::string_view idempotencyKey,
+                                          Fields fields = {});
 
   // The external system's callback: completes the step run named by `serial`
   // with `fields`. Success means the completion is durable; the next steps then

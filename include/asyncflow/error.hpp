@@ -31,6 +31,8 @@ enum class Errc {
   ProcessNotDefined,  // the instance's process version is not defined in this engine;
                       // nothing changed: define it and call again
   AmbiguousKey,       // a business key names more than one waiting step
+  KeyReused,          // startOnce(): the idempotency key already started an instance with
+                      // other fields; nothing changed
 };
 
 // The stable name of a code, e.g. "AlreadyCompleted". Never fails.
@@ -50,6 +52,7 @@ constexpr std::string_view errcName(Errc code) noexcept {
     case Errc::Internal: return "Internal";
     case Errc::ProcessNotDefined: return "ProcessNotDefined";
     case Errc::AmbiguousKey: return "AmbiguousKey";
+    case Errc::KeyReused: return "KeyReused";
   }
   return "Unknown";
 }

@@ -26,6 +26,8 @@ class MemoryStore final : public Store {
   Result<std::vector<DueRun>> listDue(const DueQuery& query) override;
   Result<std::vector<StepRunKey>> findByKey(const KeyQuery& query) override;
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) override;
+  Result<std::optional<StartKeyRecord>> findStartKey(std::string_view process,
+                                                     std::string_view key) override;
 
  private:
   struct State;

@@ -20,7 +20,13 @@ namespace asyncflow {
 // Identifies one run of a process. Assigned by the store, starting at 1.
 using InstanceId = std::int64_t;
 
-// How serials look to the outside world.
+// How serials look to the outside world, e.g. "5_31_3R8RjEscrCCJnyXWIy7JOh":
+//
+//   serial = instance "_" run [ "_" secret ]
+//   instance, run: positive decimals without sign or leading zero, within int64
+//   secret: 22 characters. New secrets are [A-Za-z0-9]{22} (128 random bits in
+//     base62); secrets stored before this form may also hold '-' and '_'
+//     (base64url), so a serial splits on its first two '_' only.
 enum class SerialForm {
   // "{instance}_{run}_{secret}" with a 128-bit secret from the random source,
   // compared in constant time: a guessed or incremented serial never completes
@@ -78,7 +84,7 @@ struct StepRunRecord {
   StepKind kind = StepKind::Sync;
   StepRunStatus status = StepRunStatus::Ready;
   int attempt = 0;     // how many times the engine has started the handler
-  std::string secret;  // base64url; empty for bare (K2-compatible) serials
+  std::string secret;  // 22 characters (see SerialForm); empty for bare (K2-compatible) serials
   // Whether a completion has arrived for this run, and the fields of one that
   // arrived before the step waited and is not applied yet (empty once applied:
   // the fields then live in the instance).
@@ -165,6 +171,32 @@ struct HistoryEvent {
   }
 };
 
+// An idempotency key a create claims: at most one instance of a process name
+// ever holds one key. Scoped by the created instance's `process`, so the scope
+// cannot disagree with the instance it names.
+struct StartKey {
+  std::string key;  // any bytes; the engine admits 1 to 255 printable ASCII
+  // Of the fields the start was asked with, so that a repeat with other fields
+  // is told apart (the engine's FNV-1a; the store only keeps it).
+  std::uint64_t fingerprint = 0;
+
+  friend bool operator==(const StartKey& a, const StartKey& b) {
+    return a.key == b.key && a.fingerprint == b.fingerprint;
+  }
+};
+
+// A claimed start key, as Store::findStartKey reports it.
+struct StartKeyRecord {
+  InstanceId instance = 0;  // the instance whose create claimed the key
+  int processVersion = 0;   // that instance's process version
+  std::uint64_t fingerprint = 0;
+
+  friend bool operator==(const StartKeyRecord& a, const StartKeyRecord& b) {
+    return a.instance == b.instance && a.processVersion == b.processVersion &&
+           a.fingerprint == b.fingerprint;
+  }
+};
+
 // One atomic transition of one instance. Every change to a step run travels in
 // a change set of its instance, so the instance's version covers its runs too: a
 // reader that loads the instance and then a run, and writes guarded by that
@@ -182,17 +214,26 @@ struct ChangeSet {
   std::vector<StepRunRecord> stepRuns;
   // History entries appended, in order (their `instance` is the set's).
   std::vector<HistoryEvent> history;
+  // Create only (ignored on an update): claims (instance.process, key) for the
+  // new instance in the same atomic write. When a stored instance, or an earlier
+  // set of the same batch, holds that pair already, the set is KeyTaken. Keys are
+  // never released. Empty (the default): no key.
+  std::optional<StartKey> startKey;
 };
 
 // What happened to one change set of a batch.
 enum class ApplyStatus {
   Applied,   // written
   Conflict,  // the stored version differed; nothing of this set was written
+  KeyTaken,  // a create whose start key another instance holds; nothing of this set
+             // was written
 };
 
 struct ApplyResult {
   ApplyStatus status = ApplyStatus::Conflict;
-  InstanceId instance = 0;  // the id, assigned on create
+  // The id: assigned on create; the set's on an update; with KeyTaken, the
+  // instance that holds the key.
+  InstanceId instance = 0;
 };
 
 // Identifies one step run.

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "asyncflow/error.hpp"
 #include "asyncflow/store.hpp"
@@ -65,7 +66,7 @@ struct SqliteOptions {
 // a file database, a second, read-only connection, so it never waits behind a
 // commit's fsync. Every error is a StoreError that leaves the database as it was. Operators can
 // read it with the sqlite3 shell: tables instances, fields, step_runs, history,
-// and the view waiting_steps.
+// start_keys, and the view waiting_steps.
 class SqliteStore final : public Store {
  public:
   // Opens (creating if absent) the database at `path` and migrates its schema to
@@ -94,6 +95,8 @@ class SqliteStore final : public Store {
   Result<std::vector<DueRun>> listDue(const DueQuery& query) override;
   Result<std::vector<StepRunKey>> findByKey(const KeyQuery& query) override;
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) override;
+  Result<std::optional<StartKeyRecord>> findStartKey(std::string_view process,
+                                                     std::string_view key) override;
 
  private:
   // Tests observe the commit queue's depth (src/store/sqlite/sqlite_store_probe.hpp).

@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -116,6 +117,13 @@ class Store {
 
   // The instance's history in the order it was written; empty for an unknown id.
   [[nodiscard]] virtual Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) = 0;
+
+  // The claim a create's ChangeSet::startKey made on (process, key): the
+  // instance, its process version and the fingerprint stored with the key;
+  // empty when no instance holds the pair. Keys and processes are compared as
+  // exact bytes. Reads only.
+  [[nodiscard]] virtual Result<std::optional<StartKeyRecord>> findStartKey(
+      std::string_view process, std::string_view key) = 0;
 };
 
 // Forwards every call to another store, so a test can override one method (to
@@ -151,6 +159,10 @@ class StoreWrapper : public Store {
   }
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) override {
     return target_->loadHistory(id);
+  }
+  Result<std::optional<StartKeyRecord>> findStartKey(std::string_view process,
+                                                     std::string_view key) override {
+    return target_->findStartKey(process, key);
   }
 
   Store& target() const noexcept { return *target_; }

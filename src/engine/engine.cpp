@@ -85,6 +85,11 @@ Result<InstanceId> Engine::start(std::string_view process, Fields fields) {
   return guarded("start", [&] { return impl_->start(process, fields); });
 }
 
+Result<Started> Engine::startOnce(std::string_view process, std::string_view idempotencyKey,
+                                  Fields fields) {
+  return guarded("startOnce", [&] { return impl_->startOnce(process, idempotencyKey, fields); });
+}
+
 Result<void> Engine::completeServerEvent(std::string_view serial, Fields fields) {
   return guarded("completeServerEvent", [&] {
     return impl_->applyEventBySerial(

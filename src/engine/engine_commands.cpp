@@ -1,12 +1,15 @@
 // Engine::Impl: the commands that change instances. Each loads what it acts on,
 // asks the state machine (model/transitions.hpp) what to write or why not, and
 // commits under retryOnConflict; then it continues the instance.
+#include <cstdint>
+#include <optional>
 #include <utility>
 
 #include <fmt/format.h>
 
 #include "engine/engine_impl.hpp"
 #include "model/serial.hpp"
+#include "model/start_key.hpp"
 #include "util/constant_time.hpp"
 #include "util/text.hpp"
 
@@ -36,22 +39,82 @@ Result<void> Engine::Impl::define(const Process& process) {
   return {};
 }
 
+Result<ApplyResult> Engine::Impl::create(const detail::CompiledProcess& process,
+                                         const Fields& fields, std::optional<StartKey> key) {
+  auto given = process.checkFields(fields);
+  if (!given) return tl::unexpected(given.error());
+  auto set = transitions_.start(process, *given, currentTime(), std::move(key));
+  if (!set) return tl::unexpected(set.error());
+  auto applied = committer_.commit(std::move(*set));
+  if (!applied) return tl::unexpected(applied.error());
+  if (applied->status == ApplyStatus::Applied) {
+    continueInstance(applied->instance, Drive::Continue);
+  } else if (applied->status == ApplyStatus::Conflict) {
+    return fail(Errc::Internal, "the store reported a conflict for a new instance");
+  }
+  return applied;
+}
+
 Result<InstanceId> Engine::Impl::start(std::string_view name, const Fields& fields) {
   auto process = registry_.newest(name);
   if (!process) {
     return fail(Errc::NotFound, fmt::format("no process named '{}'", detail::quoted(name)));
   }
-  auto given = process->checkFields(fields);
-  if (!given) return tl::unexpected(given.error());
-  auto set = transitions_.start(*process, *given, currentTime());
-  if (!set) return tl::unexpected(set.error());
-  auto applied = committer_.commit(std::move(*set));
+  auto applied = create(*process, fields, std::nullopt);
   if (!applied) return tl::unexpected(applied.error());
   if (applied->status != ApplyStatus::Applied) {
-    return fail(Errc::Internal, "the store reported a conflict for a new instance");
+    return fail(Errc::Internal, "the store reported a taken start key for a start without one");
   }
-  continueInstance(applied->instance, Drive::Continue);
   return applied->instance;
+}
+
+namespace {
+
+// What startOnce reports for a key an earlier start claimed: that instance, or
+// KeyReused when that start had other fields.
+Result<Started> startedBefore(std::string_view process, std::string_view key,
+                              const StartKeyRecord& claim, std::uint64_t fingerprint) {
+  if (claim.fingerprint != fingerprint) {
+    return fail(Errc::KeyReused,
+                fmt::format("idempotency key '{}' of process '{}' started instance {} with other "
+                            "fields; nothing changed",
+                            detail::quoted(key), detail::quoted(process), claim.instance));
+  }
+  return Started{claim.instance, std::string(process), claim.processVersion, false};
+}
+
+}  // namespace
+
+// A repeat costs one read. A first call creates with the key; losing the race
+// to a concurrent call with the same key (KeyTaken) reads the winner's claim.
+Result<Started> Engine::Impl::startOnce(std::string_view name, std::string_view key,
+                                        const Fields& fields) {
+  if (auto admitted = detail::checkStartKey(key); !admitted) {
+    return tl::unexpected(admitted.error());
+  }
+  auto process = registry_.newest(name);
+  if (!process) {
+    return fail(Errc::NotFound, fmt::format("no process named '{}'", detail::quoted(name)));
+  }
+  const std::uint64_t fingerprint = detail::fingerprintOf(fields);
+  auto claimed = store_->findStartKey(name, key);
+  if (!claimed) return tl::unexpected(claimed.error());
+  if (*claimed) return startedBefore(name, key, **claimed, fingerprint);
+
+  auto applied = create(*process, fields, StartKey{std::string(key), fingerprint});
+  if (!applied) return tl::unexpected(applied.error());
+  if (applied->status == ApplyStatus::Applied) {
+    return Started{applied->instance, process->name, process->version, true};
+  }
+  auto winner = store_->findStartKey(name, key);
+  if (!winner) return tl::unexpected(winner.error());
+  if (!*winner) {
+    return fail(Errc::Internal,
+                fmt::format("the store reported idempotency key '{}' of process '{}' taken by "
+                            "instance {}, but does not find it",
+                            detail::quoted(key), detail::quoted(name), applied->instance));
+  }
+  return startedBefore(name, key, **winner, fingerprint);
 }
 
 // The instance first, then the run: every change to a run bumps its instance's

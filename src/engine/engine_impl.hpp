@@ -46,6 +46,7 @@ class Engine::Impl {
   // --- commands (engine_commands.cpp) ---
   Result<void> define(const Process& process);
   Result<InstanceId> start(std::string_view name, const Fields& fields);
+  Result<Started> startOnce(std::string_view name, std::string_view key, const Fields& fields);
   Result<void> applyEventBySerial(std::string_view serial, detail::ServerEvent event);
   Result<void> completeByKey(std::string_view process, std::string_view step, std::string_view key,
                              const Fields& fields);
@@ -89,6 +90,11 @@ class Engine::Impl {
   };
 
   // --- commands ---
+  // Checks `fields` and commits a new instance of `process`, claiming `key` when
+  // given; continues the instance when the store applied it. The store's answer
+  // otherwise (KeyTaken), for the caller to read.
+  Result<ApplyResult> create(const detail::CompiledProcess& process, const Fields& fields,
+                             std::optional<StartKey> key);
   Result<OpenRun> openRun(const RunSelector& selector,
                           std::optional<detail::ServerEvent::Kind> event) const;
   Result<void> applyEvent(const RunSelector& selector, const detail::ServerEvent& event);

@@ -81,6 +81,7 @@ Result<InstanceInfo> Engine::Impl::instance(InstanceId id) const {
   info.createdAt = record.createdAt;
   info.updatedAt = record.updatedAt;
   info.fields = std::move(snapshot->fields);
+  info.currentRun = record.currentRun;
   if (record.currentRun != 0) {
     auto run = store_->loadStepRun(id, record.currentRun);
     if (!run) return tl::unexpected(run.error());

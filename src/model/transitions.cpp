@@ -125,8 +125,9 @@ ChangeSet Transitions::guardedUpdate(const InstanceSnapshot& snapshot, Timestamp
 
 // (none) --start--> Running, first step Starting.
 Result<ChangeSet> Transitions::start(const CompiledProcess& process, const Fields& fields,
-                                     Timestamp now) const {
+                                     Timestamp now, std::optional<StartKey> startKey) const {
   ChangeSet set;
+  set.startKey = std::move(startKey);
   set.instance.process = process.name;
   set.instance.processVersion = process.version;
   set.instance.createdAt = now;

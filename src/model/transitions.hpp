@@ -93,10 +93,12 @@ class Transitions {
   static ChangeSet guardedUpdate(const InstanceSnapshot& snapshot, Timestamp now);
 
   // (none) --start--> instance Running, its first step's run Starting.
-  // `fields` are the validated start fields over the declared defaults.
-  // Fails only when no serial secret can be drawn.
-  Result<ChangeSet> start(const CompiledProcess& process, const Fields& fields,
-                          Timestamp now) const;
+  // `fields` are the validated start fields over the declared defaults. With a
+  // `startKey` the set claims it (the store answers KeyTaken when another
+  // instance holds it, and writes nothing). Fails only when no serial secret
+  // can be drawn.
+  Result<ChangeSet> start(const CompiledProcess& process, const Fields& fields, Timestamp now,
+                          std::optional<StartKey> startKey = std::nullopt) const;
 
   // Adds a new run of step `index` to `set` (status Starting: the engine starts
   // it at once) with a StepStarted entry, and points the header at it. Fails

@@ -31,7 +31,7 @@ const std::vector<Errc> kAllCodes = {
     Errc::InvalidArgument,   Errc::InvalidProcess, Errc::InvalidSerial, Errc::NotFound,
     Errc::AlreadyCompleted,  Errc::TimedOut,       Errc::StepFailed,    Errc::Cancelled,
     Errc::InvalidField,      Errc::StoreError,     Errc::Conflict,      Errc::Internal,
-    Errc::ProcessNotDefined, Errc::AmbiguousKey,
+    Errc::ProcessNotDefined, Errc::AmbiguousKey,   Errc::KeyReused,
 };
 
 }  // namespace
@@ -350,6 +350,7 @@ TEST_CASE("errcName spells each code as in the source") {
   CHECK(asyncflow::errcName(Errc::StoreError) == "StoreError");
   CHECK(asyncflow::errcName(Errc::Conflict) == "Conflict");
   CHECK(asyncflow::errcName(Errc::Internal) == "Internal");
+  CHECK(asyncflow::errcName(Errc::KeyReused) == "KeyReused");
 }
 
 TEST_CASE("Error::toString is the code's name then the message") {

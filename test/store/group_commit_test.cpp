@@ -379,6 +379,66 @@ TEST_CASE("two callers updating one instance from one version in one group: one 
   CHECK(after.fields == Fields{{"OrderId", "first"}});
 }
 
+TEST_CASE("a taken start key inside a group refuses only its own set") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  SyncCountingVfs::Installed counting;
+  auto store = openStore(path, patient());
+  const std::vector<InstanceId> ids = createInstances(*store, 2);
+  // A key claimed before the group, and one claimed by an earlier caller in it.
+  const auto claiming = [](std::string key, std::string orderId) {
+    ChangeSet set = waitingOrder();
+    set.fields = Fields{{"OrderId", std::move(orderId)}};
+    set.startKey = StartKey{std::move(key), 7};
+    return set;
+  };
+  const ApplyOutcome held = store->apply(batchOf(claiming("before", "holder")));
+  REQUIRE(statusOf(held) == ApplyStatus::Applied);
+  const InstanceId holder = held->front().instance;
+  std::vector<ChangeSet> mixed;  // one caller's batch: a set that applies, then a taken key
+  mixed.push_back(update(ids[1], 1, "mixed"));
+  mixed.push_back(claiming("before", "mixed loser"));
+
+  SyncCountingVfs::walSyncs = 0;
+  WriteLock lock(path);
+  Callers callers(*store);
+  callers.queue(batchOf(update(ids[0], 1, "after")));           // 0: leads alone
+  callers.queue(batchOf(claiming("before", "loser")));          // 1: taken before the group
+  callers.queue(batchOf(claiming("in-group", "winner")));       // 2: claims a new key
+  callers.queue(batchOf(claiming("in-group", "group loser")));  // 3: taken by 2, uncommitted
+  callers.queue(std::move(mixed));                              // 4
+  callers.queue(batchOf(update(ids[0], 2, "last")));            // 5: after them all
+  lock.release();
+  callers.join();
+
+  CHECK(SyncCountingVfs::walSyncs == 2);  // the leader's commit, then the group's
+  CHECK(statusOf(callers.outcome(0)) == ApplyStatus::Applied);
+  REQUIRE(callers.outcome(1));
+  CHECK(callers.outcome(1)->front().status == ApplyStatus::KeyTaken);
+  CHECK(callers.outcome(1)->front().instance == holder);
+  REQUIRE(callers.outcome(2));
+  CHECK(callers.outcome(2)->front().status == ApplyStatus::Applied);
+  const InstanceId winner = callers.outcome(2)->front().instance;
+  CHECK(winner == holder + 1);  // the refused create took no id
+  REQUIRE(callers.outcome(3));
+  CHECK(callers.outcome(3)->front().status == ApplyStatus::KeyTaken);
+  CHECK(callers.outcome(3)->front().instance == winner);
+  REQUIRE(callers.outcome(4));
+  REQUIRE(callers.outcome(4)->size() == 2);
+  CHECK((*callers.outcome(4))[0].status == ApplyStatus::Applied);
+  CHECK((*callers.outcome(4))[1].status == ApplyStatus::KeyTaken);
+  CHECK((*callers.outcome(4))[1].instance == holder);
+  CHECK(statusOf(callers.outcome(5)) == ApplyStatus::Applied);
+
+  CHECK(load(*store, ids[0]).fields == Fields{{"OrderId", "last"}});
+  CHECK(load(*store, ids[1]).fields == Fields{{"OrderId", "mixed"}});
+  CHECK(load(*store, holder).fields == Fields{{"OrderId", "holder"}});
+  CHECK(load(*store, winner).fields == Fields{{"OrderId", "winner"}});
+  CHECK(hasCode(store->loadInstance(winner + 1), Errc::NotFound));
+  CHECK(store->findStartKey("Order", "before").value() == StartKeyRecord{holder, 1, 7});
+  CHECK(store->findStartKey("Order", "in-group").value() == StartKeyRecord{winner, 1, 7});
+}
+
 TEST_CASE("reads do not wait for a write in progress, and see it once apply returns") {
   TempDir dir;
   const std::string path = dir.file("store.db");

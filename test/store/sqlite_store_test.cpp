@@ -259,18 +259,18 @@ TEST_CASE("a new file gets the page size asked for, an existing file keeps its o
 
 // --- the schema and its versions --------------------------------------------------------
 
-TEST_CASE("a new database records schema versions 1 and 2 and asyncflow's application id") {
+TEST_CASE("a new database records schema versions 1 to 3 and asyncflow's application id") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   openStore(path);
   openStore(path);  // reopening applies nothing again
 
   SQLite::Database db = connect(path);
-  CHECK(SqliteStore::schemaVersion() == 2);
+  CHECK(SqliteStore::schemaVersion() == 3);
   CHECK(db.execAndGet("PRAGMA application_id").getInt() == kAsyncflowApplicationId);
   SQLite::Statement migrations(
       db, "SELECT version, description, applied_at FROM asyncflow_migrations ORDER BY version");
-  for (int version = 1; version <= 2; ++version) {
+  for (int version = 1; version <= 3; ++version) {
     INFO("migration " << version);
     REQUIRE(migrations.executeStep());
     CHECK(migrations.getColumn(0).getInt() == version);
@@ -278,7 +278,8 @@ TEST_CASE("a new database records schema versions 1 and 2 and asyncflow's applic
     CHECK(migrations.getColumn(2).getInt64() > 0);
   }
   CHECK_FALSE(migrations.executeStep());
-  for (const char* table : {"instances", "fields", "step_runs", "completion_fields", "history"}) {
+  for (const char* table :
+       {"instances", "fields", "step_runs", "completion_fields", "history", "start_keys"}) {
     INFO(table);
     CHECK(db.tableExists(table));
   }
@@ -299,7 +300,7 @@ TEST_CASE("a database with a newer schema is refused and left unchanged") {
 
   const Error error = errorOf(SqliteStore::open(path));
   CHECK(error.code == Errc::StoreError);
-  CHECK(contains(error.message, "schema version 99 is newer than this library's 2"));
+  CHECK(contains(error.message, "schema version 99 is newer than this library's 3"));
   CHECK(readBytes(path) == before);
   CHECK_FALSE(fs::exists(path + "-wal"));
 }
@@ -319,7 +320,7 @@ TEST_CASE("a database with an older schema is migrated to the current one") {
   CHECK(create(*store) == 1);
   SQLite::Database db = connect(path);
   CHECK(db.execAndGet("SELECT group_concat(version) FROM asyncflow_migrations").getString() ==
-        "1,2");
+        "1,2,3");
   CHECK(db.execAndGet("PRAGMA journal_mode").getString() == "wal");
 }
 
@@ -422,7 +423,7 @@ WHERE r.status = 'Waiting';
 
 }  // namespace
 
-TEST_CASE("a version 1 database with a waiting run migrates to 2 and keeps working") {
+TEST_CASE("a version 1 database with a waiting run migrates to 3 and keeps working") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   const std::int64_t t0 = 1'700'000'000'000'000;  // kT0 in microseconds
@@ -453,7 +454,7 @@ TEST_CASE("a version 1 database with a waiting run migrates to 2 and keeps worki
   {
     SQLite::Database db = connect(path);
     CHECK(db.execAndGet("SELECT group_concat(version) FROM asyncflow_migrations").getString() ==
-          "1,2");
+          "1,2,3");
     CHECK(db.execAndGet("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
                         "name = 'step_runs_waiting_key'")
               .getInt() == 1);
@@ -514,6 +515,51 @@ TEST_CASE("a version 1 database with a waiting run migrates to 2 and keeps worki
   CHECK(store->loadHistory(1).value() == std::vector<HistoryEvent>{event});
   SQLite::Database db = connect(path);
   CHECK(db.execAndGet("SELECT correlation_key FROM waiting_steps").getString() == "A-17");
+
+  // Start keys: none on the old instance, and new creates claim them.
+  CHECK(store->findStartKey("Order", "A-17").value() == std::nullopt);
+  ChangeSet claiming = creation();
+  claiming.startKey = StartKey{"A-17", 42};
+  REQUIRE(applyBatch(*store, {claiming}).front().status == ApplyStatus::Applied);
+  CHECK(store->findStartKey("Order", "A-17").value() == StartKeyRecord{2, 1, 42});
+  const ApplyResult taken = applyBatch(*store, {claiming}).front();
+  CHECK(taken.status == ApplyStatus::KeyTaken);
+  CHECK(taken.instance == 2);
+}
+
+TEST_CASE("start keys survive a reopen with all 64 bits of their fingerprint, readable in SQL") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  constexpr std::uint64_t kHighBit = 0xfedcba9876543210ull;  // negative as an int64
+  ChangeSet first = creation("Order", 2);
+  first.startKey = StartKey{"order-17", kHighBit};
+  ChangeSet second = creation("Invoice", 1);
+  second.startKey = StartKey{"order-17", 7};
+  {
+    auto store = openStore(path);
+    CHECK(create(*store, first) == 1);
+    CHECK(create(*store, second) == 2);
+  }
+  auto store = openStore(path);
+  CHECK(store->findStartKey("Order", "order-17").value() == StartKeyRecord{1, 2, kHighBit});
+  CHECK(store->findStartKey("Invoice", "order-17").value() == StartKeyRecord{2, 1, 7});
+  const ApplyResult taken = applyBatch(*store, {first}).front();
+  CHECK(taken.status == ApplyStatus::KeyTaken);
+  CHECK(taken.instance == 1);
+
+  SQLite::Database db = connect(path);
+  SQLite::Statement rows(db,
+                         "SELECT process, idempotency_key, instance_id, fingerprint, created_at "
+                         "FROM start_keys ORDER BY instance_id");
+  REQUIRE(rows.executeStep());
+  CHECK(rows.getColumn(0).getString() == "Order");
+  CHECK(rows.getColumn(1).getString() == "order-17");
+  CHECK(rows.getColumn(2).getInt64() == 1);
+  CHECK(static_cast<std::uint64_t>(rows.getColumn(3).getInt64()) == kHighBit);
+  CHECK(rows.getColumn(4).getInt64() == 1'700'000'000'000'001);  // the instance's createdAt
+  REQUIRE(rows.executeStep());
+  CHECK(rows.getColumn(0).getString() == "Invoice");
+  CHECK_FALSE(rows.executeStep());
 }
 
 TEST_CASE("a SQLite database of another application is refused and left unchanged") {

@@ -1,6 +1,7 @@
 // How Catch prints asyncflow's types in failure messages, shared by every test.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <variant>
@@ -42,7 +43,12 @@ struct StringMaker<asyncflow::StepRunStatus> {
 template <>
 struct StringMaker<asyncflow::ApplyStatus> {
   static std::string convert(asyncflow::ApplyStatus status) {
-    return status == asyncflow::ApplyStatus::Applied ? "Applied" : "Conflict";
+    switch (status) {
+      case asyncflow::ApplyStatus::Applied: return "Applied";
+      case asyncflow::ApplyStatus::Conflict: return "Conflict";
+      case asyncflow::ApplyStatus::KeyTaken: return "KeyTaken";
+    }
+    return "ApplyStatus " + std::to_string(static_cast<int>(status));
   }
 };
 
@@ -73,6 +79,22 @@ struct StringMaker<asyncflow::Fields> {
       out += name + ": " + StringMaker<asyncflow::Value>::convert(value);
     }
     return out + "}";
+  }
+};
+
+template <>
+struct StringMaker<asyncflow::StartKeyRecord> {
+  static std::string convert(const asyncflow::StartKeyRecord& claim) {
+    return "{instance " + std::to_string(claim.instance) + ", processVersion " +
+           std::to_string(claim.processVersion) + ", fingerprint " +
+           std::to_string(claim.fingerprint) + "}";
+  }
+};
+
+template <>
+struct StringMaker<std::optional<asyncflow::StartKeyRecord>> {
+  static std::string convert(const std::optional<asyncflow::StartKeyRecord>& claim) {
+    return claim ? StringMaker<asyncflow::StartKeyRecord>::convert(*claim) : "none";
   }
 };
 

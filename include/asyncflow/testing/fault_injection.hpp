@@ -58,10 +58,11 @@ enum class StoreCall {
   ListDue,
   FindByKey,
   LoadHistory,
+  FindStartKey,
 };
 
 // How many StoreCall values there are.
-inline constexpr std::size_t kStoreCalls = 9;
+inline constexpr std::size_t kStoreCalls = 10;
 
 // The method's name, e.g. "apply". Never fails.
 constexpr std::string_view storeCallName(StoreCall call) noexcept {
@@ -75,6 +76,7 @@ constexpr std::string_view storeCallName(StoreCall call) noexcept {
     case StoreCall::ListDue: return "listDue";
     case StoreCall::FindByKey: return "findByKey";
     case StoreCall::LoadHistory: return "loadHistory";
+    case StoreCall::FindStartKey: return "findStartKey";
   }
   return "unknown";
 }
@@ -205,6 +207,11 @@ class FaultInjectingStore : public StoreWrapper {
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) override {
     if (auto error = enter(StoreCall::LoadHistory)) return tl::unexpected(std::move(*error));
     return StoreWrapper::loadHistory(id);
+  }
+  Result<std::optional<StartKeyRecord>> findStartKey(std::string_view process,
+                                                     std::string_view key) override {
+    if (auto error = enter(StoreCall::FindStartKey)) return tl::unexpected(std::move(*error));
+    return StoreWrapper::findStartKey(process, key);
   }
 
  private:

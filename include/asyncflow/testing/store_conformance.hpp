@@ -12,7 +12,7 @@
 // so a failure names the case and the cases do not see each other's data. The
 // suite is header-only and needs only asyncflow's public headers and Catch2 (v2
 // or v3); it defines no Catch::StringMaker, so it mixes with a project's own
-// printers. No case sleeps; two cases use 4 threads.
+// printers. No case sleeps; three cases use 4 threads.
 //
 // Where store.hpp says "at most limit", the suite asks for full pages while more
 // rows match: the engine takes a short page for the last one.
@@ -147,7 +147,12 @@ inline std::string describe(InstanceStatus status) { return std::string(statusNa
 inline std::string describe(StepRunStatus status) { return std::string(statusName(status)); }
 inline std::string describe(StepKind kind) { return kind == StepKind::Sync ? "Sync" : "Async"; }
 inline std::string describe(ApplyStatus status) {
-  return status == ApplyStatus::Applied ? "Applied" : "Conflict";
+  switch (status) {
+    case ApplyStatus::Applied: return "Applied";
+    case ApplyStatus::Conflict: return "Conflict";
+    case ApplyStatus::KeyTaken: return "KeyTaken";
+  }
+  return "ApplyStatus " + std::to_string(static_cast<int>(status));
 }
 
 inline std::string describe(const InstanceRecord& r) {
@@ -191,6 +196,13 @@ inline std::string describe(const std::vector<ApplyResult>& results) {
     out += describe(result.status) + " " + std::to_string(result.instance);
   }
   return out + "]";
+}
+
+inline std::string describe(const std::optional<StartKeyRecord>& claim) {
+  if (!claim) return "none";
+  return "{instance " + std::to_string(claim->instance) + ", processVersion " +
+         std::to_string(claim->processVersion) + ", fingerprint " +
+         std::to_string(claim->fingerprint) + "}";
 }
 
 // "3_1" for run 1 of instance 3.
@@ -321,8 +333,7 @@ inline std::vector<InstanceId> listRunning(Store& store, const RunningQuery& que
   return valueOf(store.listRunning(query), "listRunning");
 }
 
-inline std::optional<Timestamp> nextDeadline(Store& store,
-                                             Timestamp after = Timestamp::min()) {
+inline std::optional<Timestamp> nextDeadline(Store& store, Timestamp after = Timestamp::min()) {
   return valueOf(store.nextDeadline(after), "nextDeadline");
 }
 
@@ -354,6 +365,11 @@ inline std::vector<StepRunKey> findByKey(Store& store, std::string process, std:
 
 inline std::vector<HistoryEvent> loadHistory(Store& store, InstanceId id) {
   return valueOf(store.loadHistory(id), "loadHistory");
+}
+
+inline std::optional<StartKeyRecord> findStartKey(Store& store, std::string_view process,
+                                                  std::string_view key) {
+  return valueOf(store.findStartKey(process, key), "findStartKey");
 }
 
 // --- records to write ------------------------------------------------------------------
@@ -1671,6 +1687,197 @@ inline void findByKeyReturnsWaitingRunsOfOneStepWithTheKey(Store& store) {
   }
 }
 
+// A change set creating an Order (or `process`) instance that claims `key`.
+inline ChangeSet claiming(std::string key, std::uint64_t fingerprint, std::string process = "Order",
+                          int processVersion = 1) {
+  ChangeSet set = creation(std::move(process), processVersion);
+  set.startKey = StartKey{std::move(key), fingerprint};
+  return set;
+}
+
+// The claim as findStartKey must report it.
+inline std::string claimOf(InstanceId instance, int processVersion, std::uint64_t fingerprint) {
+  return describe(
+      std::optional<StartKeyRecord>(StartKeyRecord{instance, processVersion, fingerprint}));
+}
+
+// A fingerprint whose top bit is set, so that a store keeping it in a signed
+// 64-bit column must keep all of its bits.
+constexpr std::uint64_t kHighFingerprint = 0xfedcba9876543210ull;
+
+inline void startKeysAreClaimedWithTheirInstance(Store& store) {
+  ChangeSet first = claiming("order-17", kHighFingerprint, "Order", 3);
+  first.history = {historyEvent(HistoryKind::Started, 0, "", "version 3", 1)};
+  const InstanceId id = create(store, first);
+  CHECK(describe(findStartKey(store, "Order", "order-17")) == claimOf(id, 3, kHighFingerprint));
+  // The instance is written as without a key.
+  checkSame(load(store, id), InstanceSnapshot{createdRecord(first, id), first.fields});
+  checkSame(loadHistory(store, id), ofInstance(first.history, id));
+
+  SECTION("keys and processes are exact bytes; an absent pair is empty, not an error") {
+    const InstanceId upper = create(store, claiming("ORDER-17", 5));
+    const InstanceId nul = create(store, claiming(std::string("order-17\0", 9), 6));
+    CHECK(describe(findStartKey(store, "Order", "ORDER-17")) == claimOf(upper, 1, 5));
+    CHECK(describe(findStartKey(store, "Order", std::string("order-17\0", 9))) ==
+          claimOf(nul, 1, 6));
+    CHECK(describe(findStartKey(store, "Order", "order-17")) == claimOf(id, 3, kHighFingerprint));
+    for (const auto& [process, key] :
+         std::vector<std::pair<std::string, std::string>>{{"Order", "order-18"},
+                                                          {"Order", "order-1"},
+                                                          {"Order", ""},
+                                                          {"order", "order-17"},
+                                                          {"Invoice", "order-17"},
+                                                          {"", ""}}) {
+      INFO("process " << describeBytes(process) << ", key " << describeBytes(key));
+      CHECK(codeOf(store.findStartKey(process, key)) == "ok");
+      CHECK(describe(findStartKey(store, process, key)) == "none");
+    }
+  }
+  SECTION("a create without a key claims none") {
+    const InstanceId plain = create(store, creation());
+    CHECK(plain > id);
+    CHECK(describe(findStartKey(store, "Order", "")) == "none");
+  }
+  SECTION("an update ignores a start key: only a create claims one") {
+    ChangeSet update = updateOf(load(store, id));
+    update.startKey = StartKey{"order-99", 1};
+    CHECK(describe(applyOne(store, update).status) == "Applied");
+    CHECK(describe(findStartKey(store, "Order", "order-99")) == "none");
+    CHECK(describe(findStartKey(store, "Order", "order-17")) == claimOf(id, 3, kHighFingerprint));
+  }
+}
+
+inline void aTakenStartKeyWritesNothing(Store& store) {
+  ChangeSet first = claiming("order-17", 11);
+  first.history = {historyEvent(HistoryKind::Started, 0, "", "first", 1)};
+  const InstanceId holder = create(store, first);
+  const InstanceSnapshot held = load(store, holder);
+
+  ChangeSet again = claiming("order-17", 22, "Order", 2);
+  again.fields = Fields{{"OrderId", "A-2"}, {"Extra", true}};
+  again.stepRuns.push_back(stepRun(2, "Notify", StepRunStatus::Waiting));
+  again.history = {historyEvent(HistoryKind::Started, 0, "", "again", 2)};
+
+  SECTION("alone: KeyTaken with the holder's id") {
+    const ApplyResult taken = applyOne(store, again);
+    CHECK(describe(taken.status) == "KeyTaken");
+    CHECK(taken.instance == holder);
+    checkSame(load(store, holder), held);
+  }
+  SECTION("in a batch, between sets that apply") {
+    ChangeSet before = updateOf(held);
+    before.fields = Fields{{"OrderId", "updated"}};
+    std::vector<ChangeSet> batch{before, again, creation("Order", 1, {{"OrderId", "after"}})};
+    const std::vector<ApplyResult> results = applyBatch(store, std::move(batch));
+    CHECK(describe(results[0].status) == "Applied");
+    CHECK(describe(results[1].status) == "KeyTaken");
+    CHECK(results[1].instance == holder);
+    CHECK(describe(results[2].status) == "Applied");
+    CHECK(results[2].instance > holder);
+    checkSameFields(load(store, holder).fields, Fields{{"OrderId", "updated"}});
+    checkSameFields(load(store, results[2].instance).fields, Fields{{"OrderId", "after"}});
+  }
+
+  // The key keeps its first claim, and nothing of the refused set is anywhere:
+  // not on the holder, and no instance of its version 2, fields or history.
+  CHECK(describe(findStartKey(store, "Order", "order-17")) == claimOf(holder, 1, 11));
+  checkSame(loadHistory(store, holder), ofInstance(first.history, holder));
+  CHECK(codeOf(store.loadStepRun(holder, 2)) == "NotFound");
+  CHECK(describe(listRunning(store, RunningQuery{"Order", 2, 0, 100})) ==
+        describe(std::vector<InstanceId>{}));
+  for (InstanceId other : listRunning(store, RunningQuery{"Order", 1, 0, 100})) {
+    if (other == holder) continue;
+    INFO("instance " << other);
+    CHECK(loadHistory(store, other).empty());
+    CHECK(load(store, other).fields.find("Extra") == nullptr);
+  }
+  // The store goes on creating.
+  const InstanceId next = create(store, creation());
+  CHECK(next > holder);
+  CHECK(codeOf(store.loadStepRun(next, 2)) == "NotFound");
+}
+
+inline void aStartKeyIsScopedByProcess(Store& store) {
+  const InstanceId order = create(store, claiming("shared-key", 1, "Order"));
+  const InstanceId invoice = create(store, claiming("shared-key", 2, "Invoice"));
+  CHECK(invoice != order);
+  CHECK(describe(findStartKey(store, "Order", "shared-key")) == claimOf(order, 1, 1));
+  CHECK(describe(findStartKey(store, "Invoice", "shared-key")) == claimOf(invoice, 1, 2));
+  const ApplyResult taken = applyOne(store, claiming("shared-key", 3, "Invoice"));
+  CHECK(describe(taken.status) == "KeyTaken");
+  CHECK(taken.instance == invoice);
+}
+
+inline void twoClaimsOfOneKeyInOneBatch(Store& store) {
+  std::vector<ChangeSet> batch{claiming("k-1", 1), claiming("k-1", 2), claiming("k-2", 3),
+                               claiming("k-2", 3)};
+  const std::vector<ApplyResult> results = applyBatch(store, std::move(batch));
+  CHECK(describe(results[0].status) == "Applied");
+  CHECK(describe(results[1].status) == "KeyTaken");
+  CHECK(results[1].instance == results[0].instance);
+  CHECK(describe(results[2].status) == "Applied");
+  CHECK(describe(results[3].status) == "KeyTaken");
+  CHECK(results[3].instance == results[2].instance);
+  CHECK(describe(findStartKey(store, "Order", "k-1")) == claimOf(results[0].instance, 1, 1));
+  CHECK(describe(findStartKey(store, "Order", "k-2")) == claimOf(results[2].instance, 1, 3));
+  CHECK(describe(listRunning(store, RunningQuery{"Order", 1, 0, 100})) ==
+        describe(std::vector<InstanceId>{results[0].instance, results[2].instance}));
+}
+
+inline void concurrentClaimsOfOneKeyCreateOne(Store& store) {
+  constexpr int kKeys = 25;
+  // results[t][k]: thread t's claim of key k.
+  std::vector<std::vector<ApplyResult>> results(kThreads);
+  std::vector<std::string> errors(kThreads);
+  StartGate gate(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      gate.arriveAndWait();
+      for (int k = 0; k < kKeys; ++k) {
+        std::vector<ChangeSet> batch;
+        batch.push_back(claiming("key-" + std::to_string(k), static_cast<std::uint64_t>(k)));
+        auto applied = store.apply(std::move(batch));
+        if (!applied || applied->size() != 1) {
+          errors[t] = applied ? "apply answered " + describe(*applied) : applied.error().toString();
+          return;
+        }
+        results[t].push_back(applied->front());
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int t = 0; t < kThreads; ++t) {
+    INFO("thread " << t);
+    REQUIRE(errors[t] == "");
+  }
+  std::vector<InstanceId> holders;
+  for (int k = 0; k < kKeys; ++k) {
+    INFO("key-" << k);
+    std::optional<InstanceId> holder;
+    int applied = 0;
+    for (int t = 0; t < kThreads; ++t) {
+      if (results[t][k].status == ApplyStatus::Applied) {
+        ++applied;
+        holder = results[t][k].instance;
+      }
+    }
+    REQUIRE(applied == 1);
+    for (int t = 0; t < kThreads; ++t) {
+      INFO("thread " << t);
+      CHECK(results[t][k].instance == *holder);
+      if (results[t][k].status != ApplyStatus::Applied) {
+        CHECK(describe(results[t][k].status) == "KeyTaken");
+      }
+    }
+    CHECK(describe(findStartKey(store, "Order", "key-" + std::to_string(k))) ==
+          claimOf(*holder, 1, static_cast<std::uint64_t>(k)));
+    holders.push_back(*holder);
+  }
+  std::sort(holders.begin(), holders.end());
+  CHECK(describe(listRunning(store, RunningQuery{"Order", 1, 0, 1000})) == describe(holders));
+}
+
 inline void concurrentCreatesGetDistinctIds(Store& store) {
   std::vector<std::vector<InstanceId>> ids(kThreads);
   std::vector<std::string> errors(kThreads);
@@ -1842,6 +2049,19 @@ inline void checkStoreConformance(const StoreFactory& makeStore) {
   }
   SECTION("findByKey returns Waiting runs of exactly one process, step and key") {
     run(detail::findByKeyReturnsWaitingRunsOfOneStepWithTheKey);
+  }
+  SECTION("a create claims its start key with it; findStartKey reports the claim") {
+    run(detail::startKeysAreClaimedWithTheirInstance);
+  }
+  SECTION("a create whose start key is taken is KeyTaken, names the holder, writes nothing") {
+    run(detail::aTakenStartKeyWritesNothing);
+  }
+  SECTION("a start key is scoped by the process name") { run(detail::aStartKeyIsScopedByProcess); }
+  SECTION("two creates with one start key in one batch: the first applies, the second is taken") {
+    run(detail::twoClaimsOfOneKeyInOneBatch);
+  }
+  SECTION("concurrent creates with one start key from 4 threads create one instance") {
+    run(detail::concurrentClaimsOfOneKeyCreateOne);
   }
   SECTION("concurrent creates from 4 threads get 400 distinct ids") {
     run(detail::concurrentCreatesGetDistinctIds);

@@ -26,9 +26,17 @@ struct MemoryStore::State {
     std::vector<HistoryEvent> history;
   };
 
+  // A start key's holder, by (process, key).
+  struct Claim {
+    InstanceId instance = 0;
+    std::uint64_t fingerprint = 0;
+  };
+  using StartKeys = std::map<std::pair<std::string, std::string>, Claim>;
+
   // What the mutex guards.
   struct Tables {
     std::map<InstanceId, Instance> instances;  // ordered: pages walk ids
+    StartKeys startKeys;
     InstanceId lastId = 0;
   };
 
@@ -84,12 +92,28 @@ Result<std::vector<ApplyResult>> MemoryStore::apply(std::vector<ChangeSet> batch
     // touched instance's new state on the side (this allocates and may throw),
     // then swap it in with moves that cannot throw.
     std::map<InstanceId, State::Instance> staged;
+    State::StartKeys stagedKeys;  // claimed by creates of this batch
     std::vector<ApplyResult> results;
     InstanceId lastId = t.lastId;
     results.reserve(batch.size());
     for (auto& set : batch) {
       State::Instance* target = nullptr;
       if (set.instance.id == 0) {
+        if (set.startKey) {
+          auto claim = std::make_pair(set.instance.process, set.startKey->key);
+          const auto held = [&](const State::StartKeys& keys) -> std::optional<InstanceId> {
+            auto found = keys.find(claim);
+            if (found == keys.end()) return std::nullopt;
+            return found->second.instance;
+          };
+          std::optional<InstanceId> holder = held(t.startKeys);
+          if (!holder) holder = held(stagedKeys);
+          if (holder) {
+            results.push_back(ApplyResult{ApplyStatus::KeyTaken, *holder});
+            continue;
+          }
+          stagedKeys.emplace(std::move(claim), State::Claim{lastId + 1, set.startKey->fingerprint});
+        }
         set.instance.id = ++lastId;
         set.instance.version = 1;
         target = &staged[set.instance.id];
@@ -132,6 +156,7 @@ Result<std::vector<ApplyResult>> MemoryStore::apply(std::vector<ChangeSet> batch
       }
       it = next;
     }
+    while (!stagedKeys.empty()) t.startKeys.insert(stagedKeys.extract(stagedKeys.begin()));
     t.lastId = lastId;
     return results;
   });
@@ -225,6 +250,25 @@ Result<std::vector<StepRunKey>> MemoryStore::findByKey(const KeyQuery& query) {
     }
     return keys;
   });
+}
+
+Result<std::optional<StartKeyRecord>> MemoryStore::findStartKey(std::string_view process,
+                                                                std::string_view key) {
+  return state_->locked(
+      kOutOfMemory, [&](State::Tables& t) -> Result<std::optional<StartKeyRecord>> {
+        auto found = t.startKeys.find(std::make_pair(std::string(process), std::string(key)));
+        if (found == t.startKeys.end()) return std::nullopt;
+        const State::Claim& claim = found->second;
+        // A claim is written with its instance, and neither is removed.
+        auto holder = t.instances.find(claim.instance);
+        if (holder == t.instances.end()) {
+          return fail(Errc::Internal, fmt::format("start key held by instance {}, which "
+                                                  "does not exist",
+                                                  claim.instance));
+        }
+        return StartKeyRecord{claim.instance, holder->second.record.processVersion,
+                              claim.fingerprint};
+      });
 }
 
 Result<std::vector<HistoryEvent>> MemoryStore::loadHistory(InstanceId id) {

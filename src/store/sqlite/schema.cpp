@@ -170,6 +170,19 @@ SELECT r.instance_id || '_' || r.run ||
 FROM step_runs AS r JOIN instances AS i ON i.id = r.instance_id
 WHERE r.status = 'Waiting';
 )sql"},
+    {3, "the idempotency keys of Engine::startOnce", R"sql(
+-- The key each startOnce claimed, written with its instance: at most one
+-- instance per (process, idempotency_key), and never deleted. The one table
+-- whose key does not start with the instance id.
+CREATE TABLE start_keys (
+  process         TEXT    NOT NULL,
+  idempotency_key TEXT    NOT NULL,
+  instance_id     INTEGER NOT NULL REFERENCES instances (id),
+  fingerprint     INTEGER NOT NULL,  -- of the start's fields: 64 bits, read as signed
+  created_at      INTEGER NOT NULL,  -- the instance's created_at
+  PRIMARY KEY (process, idempotency_key)
+) WITHOUT ROWID;
+)sql"},
 };
 
 // What a file holds, read before anything is written to it.

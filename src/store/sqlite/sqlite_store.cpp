@@ -163,10 +163,26 @@ class GroupWriter {
   ApplyResult applySet(ChangeSet& set) {
     InstanceRecord& header = set.instance;
     if (header.id == 0) {
+      // The key is looked up before anything of the set is written, inside the
+      // write transaction: it sees every commit and the group's earlier sets.
+      if (set.startKey) {
+        if (auto holder = startKeyHolder(header.process, set.startKey->key)) {
+          return ApplyResult{ApplyStatus::KeyTaken, *holder};
+        }
+      }
       bindHeader(writes_.insertInstance, header);
       run(writes_.insertInstance);
       header.id = db_.getLastInsertRowid();
       header.version = 1;
+      if (set.startKey) {
+        SQLite::Statement& s = writes_.insertStartKey;
+        bindText(s, 1, header.process);
+        bindText(s, 2, set.startKey->key);
+        s.bind(3, static_cast<std::int64_t>(header.id));
+        s.bind(4, static_cast<std::int64_t>(set.startKey->fingerprint));
+        bindTime(s, 5, header.createdAt);
+        run(s);
+      }
     } else {
       // The guarded UPDATE is the set's first statement: when it changes no row
       // (stale version or no such instance) nothing of the set has been written.
@@ -197,6 +213,16 @@ class GroupWriter {
       run(s);
     }
     return ApplyResult{ApplyStatus::Applied, header.id};
+  }
+
+  // The instance holding (process, key), if one does.
+  std::optional<InstanceId> startKeyHolder(const std::string& process, const std::string& key) {
+    SQLite::Statement& s = writes_.startKeyHolder;
+    ResetOnExit reset(s);
+    bindText(s, 1, process);
+    bindText(s, 2, key);
+    if (!s.executeStep()) return std::nullopt;
+    return s.getColumn(0).getInt64();
   }
 
   void writeStepRun(InstanceId instance, const StepRunRecord& r) {
@@ -421,6 +447,23 @@ class SqliteStore::Impl {
     });
   }
 
+  Result<std::optional<StartKeyRecord>> findStartKey(std::string_view process,
+                                                     std::string_view key) {
+    return mapExceptions("findStartKey", [&]() -> Result<std::optional<StartKeyRecord>> {
+      ReadConnection connection = readConnection();
+      SQLite::Statement& s = connection.reads().startKey;
+      ResetOnExit reset(s);
+      bindText(s, 1, std::string(process));
+      bindText(s, 2, std::string(key));
+      if (!s.executeStep()) return std::nullopt;
+      StartKeyRecord record;
+      record.instance = s.getColumn(0).getInt64();
+      record.processVersion = s.getColumn(1).getInt();
+      record.fingerprint = static_cast<std::uint64_t>(s.getColumn(2).getInt64());
+      return record;
+    });
+  }
+
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) {
     return mapExceptions("loadHistory", [&]() -> Result<std::vector<HistoryEvent>> {
       ReadConnection connection = readConnection();
@@ -575,6 +618,11 @@ Result<std::vector<StepRunKey>> SqliteStore::findByKey(const KeyQuery& query) {
 
 Result<std::vector<HistoryEvent>> SqliteStore::loadHistory(InstanceId id) {
   return impl_->loadHistory(id);
+}
+
+Result<std::optional<StartKeyRecord>> SqliteStore::findStartKey(std::string_view process,
+                                                                std::string_view key) {
+  return impl_->findStartKey(process, key);
 }
 
 }  // namespace asyncflow

@@ -103,7 +103,11 @@ Reads::Reads(SQLite::Database& db)
             "FROM step_runs AS r JOIN instances AS i ON i.id = r.instance_id "
             "WHERE r.status = 'Waiting' AND r.step = ?2 "
             "AND r.correlation_key IS NOT NULL AND r.correlation_key = ?3 "
-            "AND i.process = ?1 ORDER BY r.instance_id, r.run LIMIT ?4") {}
+            "AND i.process = ?1 ORDER BY r.instance_id, r.run LIMIT ?4"),
+      startKey(db,
+               "SELECT k.instance_id, i.process_version, k.fingerprint "
+               "FROM start_keys AS k JOIN instances AS i ON i.id = k.instance_id "
+               "WHERE k.process = ?1 AND k.idempotency_key = ?2") {}
 
 Writes::Writes(SQLite::Database& db)
     : begin(db, "BEGIN IMMEDIATE"), commit(db, "COMMIT"), rollback(db, "ROLLBACK"),
@@ -132,6 +136,13 @@ Writes::Writes(SQLite::Database& db)
       insertHistory(db,
                     "INSERT INTO history (instance_id, seq, at, kind, run, step, detail) "
                     "VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM history "
-                    "WHERE instance_id = ?1), ?2, ?3, ?4, ?5, ?6)") {}
+                    "WHERE instance_id = ?1), ?2, ?3, ?4, ?5, ?6)"),
+      startKeyHolder(db,
+                     "SELECT instance_id FROM start_keys "
+                     "WHERE process = ?1 AND idempotency_key = ?2"),
+      insertStartKey(db,
+                     "INSERT INTO start_keys "
+                     "(process, idempotency_key, instance_id, fingerprint, created_at) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5)") {}
 
 }  // namespace asyncflow::detail::sqlite

@@ -53,6 +53,9 @@ struct Reads {
   SQLite::Statement due;
   // ?1 process, ?2 step, ?3 key, ?4 limit. Rows: instance_id, run.
   SQLite::Statement byKey;
+  // ?1 process, ?2 idempotency key. At most one row: instance_id,
+  // process_version, fingerprint.
+  SQLite::Statement startKey;
 };
 
 // The write statements, prepared on the writing connection.
@@ -81,6 +84,10 @@ struct Writes {
   SQLite::Statement insertCompletion;
   // ?1 instance, ?2 at, ?3 kind, ?4 run, ?5 step, ?6 detail; seq is the next.
   SQLite::Statement insertHistory;
+  // ?1 process, ?2 idempotency key. At most one row: the holder's instance_id.
+  SQLite::Statement startKeyHolder;
+  // ?1 process, ?2 idempotency key, ?3 instance, ?4 fingerprint, ?5 created_at.
+  SQLite::Statement insertStartKey;
 };
 
 }  // namespace asyncflow::detail::sqlite
