@@ -283,3 +283,33 @@ TEST_CASE(
   CHECK(Json::parse(again.body)["instanceId"] == Json::parse(first.body)["instanceId"]);
   CHECK(s.engine.waiting().value().steps.size() == 1);
 }
+
+TEST_CASE("curl: every K2 body shape on finish and fail is 204") {
+  Served s;
+  struct Shape {
+    std::string name;
+    std::string action;
+    std::string body;
+  };
+  const std::vector<Shape> shapes = {
+      {"finish []", "finish", "[]"},
+      {"finish {}", "finish", "{}"},
+      {"finish, an empty body", "finish", ""},
+      {"finish dataFields + xmlFields", "finish",
+       R"({"dataFields": {"Status": "Approved"}, "xmlFields": {"Note": "<invoice no=\"7\"/>"}})"},
+      {"fail []", "fail", "[]"},
+      {"fail reason + dataFields + xmlFields", "fail",
+       R"({"reason": "refused", "dataFields": {"Status": "Refused"}, "xmlFields": {"Note": "<r/>"}})"},
+  };
+  for (const Shape& shape : shapes) {
+    INFO(shape.name);
+    const std::string serial = s.start();
+    std::vector<std::string> args = kKeyHeader;
+    args.insert(args.end(), {"-H", "Content-Type: application/json", "-d", shape.body,
+                             url(s, route(serial, shape.action))});
+    const CurlAnswer answer = curl(args);
+    CHECK(answer.status == 204);
+    report("curl " + shape.name, answer.status, answer.seconds);
+    CHECK(s.engine.instance(s.id).value().status == InstanceStatus::Completed);
+  }
+}
