@@ -1,5 +1,6 @@
-// asyncflow: the records a Store keeps: instances, step runs, history, and the
-// change set that moves an instance from one version to the next.
+// asyncflow: the records a Store keeps: instances (with their leases), step
+// runs, history, process declarations, and the change set that moves an
+// instance from one version to the next.
 //
 // Plain data, copyable and comparable; the engine builds them and a Store
 // persists them (store.hpp). A store author needs this header and store.hpp,
@@ -14,6 +15,7 @@
 
 #include "asyncflow/clock.hpp"
 #include "asyncflow/fields.hpp"
+#include "asyncflow/value.hpp"
 
 namespace asyncflow {
 
@@ -122,12 +124,26 @@ struct InstanceRecord {
   std::string error;            // why it failed or was cancelled
   Timestamp createdAt{};
   Timestamp updatedAt{};
+  // The lease (DESIGN.md section 8): which host drives a Running instance, and
+  // until when. Three states of a Running instance:
+  //   leased:  owner set, expiry in the future: only the owner drives it;
+  //   expired: owner set, expiry passed: any host that defines the version may
+  //            take it over;
+  //   offered: owner empty, expiry set: ready for any host that defines the
+  //            version from the expiry on (e.g. after a completion by a host
+  //            that does not define it).
+  // Owner empty and no expiry: no lease. Waiting and terminal instances carry
+  // neither; the store keeps what apply() wrote, but its lease queries
+  // (Store::nextLeaseExpiry, listExpiredLeases) see Running instances only.
+  std::string leaseOwner;                // the driving host's owner id; empty: none
+  std::optional<Timestamp> leaseExpiry;  // none: no lease (the epoch is a time like any other)
 
   friend bool operator==(const InstanceRecord& a, const InstanceRecord& b) {
     return a.id == b.id && a.process == b.process && a.processVersion == b.processVersion &&
            a.status == b.status && a.version == b.version && a.currentRun == b.currentRun &&
            a.lastRun == b.lastRun && a.error == b.error && a.createdAt == b.createdAt &&
-           a.updatedAt == b.updatedAt;
+           a.updatedAt == b.updatedAt && a.leaseOwner == b.leaseOwner &&
+           a.leaseExpiry == b.leaseExpiry;
   }
 };
 
@@ -194,6 +210,30 @@ struct StartKeyRecord {
   friend bool operator==(const StartKeyRecord& a, const StartKeyRecord& b) {
     return a.instance == b.instance && a.processVersion == b.processVersion &&
            a.fingerprint == b.fingerprint;
+  }
+};
+
+// One data field a process version declares, as the store keeps it so that a
+// host that does not define() the version can still check a completion's fields.
+struct FieldDeclaration {
+  std::string name;  // any bytes but empty
+  Type type = Type::Null;
+
+  friend bool operator==(const FieldDeclaration& a, const FieldDeclaration& b) {
+    return a.name == b.name && a.type == b.type;
+  }
+};
+
+// The declared fields of one process version (Store::declare). A version with
+// no fields is declared all the same.
+struct ProcessDeclaration {
+  std::string process;
+  int version = 0;
+  // In name order (bytewise), each name once: how a store returns them.
+  std::vector<FieldDeclaration> fields;
+
+  friend bool operator==(const ProcessDeclaration& a, const ProcessDeclaration& b) {
+    return a.process == b.process && a.version == b.version && a.fields == b.fields;
   }
 };
 

@@ -66,7 +66,7 @@ struct SqliteOptions {
 // a file database, a second, read-only connection, so it never waits behind a
 // commit's fsync. Every error is a StoreError that leaves the database as it was. Operators can
 // read it with the sqlite3 shell: tables instances, fields, step_runs, history,
-// start_keys, and the view waiting_steps.
+// start_keys, process_versions, process_fields, and the view waiting_steps.
 class SqliteStore final : public Store {
  public:
   // Opens (creating if absent) the database at `path` and migrates its schema to
@@ -97,6 +97,17 @@ class SqliteStore final : public Store {
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) override;
   Result<std::optional<StartKeyRecord>> findStartKey(std::string_view process,
                                                      std::string_view key) override;
+  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after) override;
+  Result<std::vector<ExpiredLease>> listExpiredLeases(const LeaseQuery& query) override;
+  // Written in a transaction of its own on the writing connection, between
+  // group commits; the write lock makes it atomic across processes too.
+  Result<ProcessDeclaration> declare(const ProcessDeclaration& declaration) override;
+  Result<std::optional<ProcessDeclaration>> loadDeclaration(std::string_view process,
+                                                            int version) override;
+  // From PRAGMA data_version of the read-only connection (which sees every
+  // commit to the file: this store's and other processes') and a count of this
+  // store's own commits (for a memory database, which has no second connection).
+  Result<std::uint64_t> changeMark() override;
 
  private:
   // Tests observe the commit queue's depth (src/store/sqlite/sqlite_store_probe.hpp).

@@ -1,10 +1,11 @@
 // asyncflow: the pluggable persistence interface.
 //
 // A Store holds instances, their data fields and their step runs. The engine
-// reads through a few queries and writes through one primitive, apply(), which
-// takes a batch of change sets and applies each atomically, guarded by the
-// instance's version (optimistic concurrency). Batching is what lets a store
-// commit many transitions with one fsync.
+// reads through a few queries and writes instances through one primitive,
+// apply(), which takes a batch of change sets and applies each atomically,
+// guarded by the instance's version (optimistic concurrency). Batching is what
+// lets a store commit many transitions with one fsync. The one other write,
+// declare(), stores a process version's declared fields once.
 //
 // Implementations: MemoryStore (memory_store.hpp) and SqliteStore. A third-party
 // store must pass the store conformance suite.
@@ -75,6 +76,42 @@ struct RunningQuery {
   std::size_t limit = 1000;
 };
 
+// Where a page of expired leases continues: after the instance `instance`
+// whose lease expires at `expiry`, in (expiry, instance) order.
+struct LeaseCursor {
+  Timestamp expiry{};
+  InstanceId instance = 0;
+  friend bool operator==(const LeaseCursor& a, const LeaseCursor& b) {
+    return a.expiry == b.expiry && a.instance == b.instance;
+  }
+};
+
+// A Running instance whose lease has expired (or is offered), as
+// listExpiredLeases reports it.
+struct ExpiredLease {
+  InstanceId instance = 0;
+  std::string process;
+  int processVersion = 0;
+  std::string owner;  // the host that held it; empty for an offered instance
+  Timestamp expiry{};
+
+  // The cursor of the page that continues after this lease.
+  LeaseCursor cursor() const { return LeaseCursor{expiry, instance}; }
+
+  friend bool operator==(const ExpiredLease& a, const ExpiredLease& b) {
+    return a.instance == b.instance && a.process == b.process &&
+           a.processVersion == b.processVersion && a.owner == b.owner && a.expiry == b.expiry;
+  }
+};
+
+// A page of expired leases: Running instances whose leaseExpiry is at or
+// before `now`, in (expiry, instance) order, after an exclusive cursor.
+struct LeaseQuery {
+  Timestamp now{};
+  std::optional<LeaseCursor> after;  // continue after this lease; empty: from the earliest
+  std::size_t limit = 256;           // at most this many instances
+};
+
 // The persistence interface. Every method is thread-safe. No method throws:
 // failures are StoreError (I/O, busy, full) and leave the store unchanged.
 class Store {
@@ -124,6 +161,50 @@ class Store {
   // exact bytes. Reads only.
   [[nodiscard]] virtual Result<std::optional<StartKeyRecord>> findStartKey(
       std::string_view process, std::string_view key) = 0;
+
+  // --- What several hosts on one store need (DESIGN.md section 8) ---------------------
+  //
+  // Leases are written by apply() as part of the instance header
+  // (InstanceRecord::leaseOwner, leaseExpiry); these calls find the ones due.
+  // Declarations let a host that does not define() a version check a
+  // completion's fields. changeMark() tells a host that another one (in this
+  // process or another) committed something, without reading any record.
+
+  // The earliest leaseExpiry of a Running instance that is later than `after`
+  // (Timestamp::min(): of any Running instance); empty when there is none.
+  // Instances of any other status are not counted, whatever they carry. The
+  // timer sleeps until it, as until nextDeadline().
+  [[nodiscard]] virtual Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after) = 0;
+
+  // Running instances whose leaseExpiry is at or before query.now (expired and
+  // offered leases alike), in (expiry, instance) order after query.after;
+  // query.limit of them while that many more match (a shorter page is the last).
+  [[nodiscard]] virtual Result<std::vector<ExpiredLease>> listExpiredLeases(
+      const LeaseQuery& query) = 0;
+
+  // Stores `declaration` when (process, version) has none yet, and returns the
+  // declaration stored for it: the given one (its fields in name order), or the
+  // one stored earlier, unchanged, which may differ (the caller compares).
+  // Atomic across hosts: of two concurrent first calls one wins and both return
+  // the winner's. InvalidArgument, writing nothing, for an empty process name,
+  // a version below 1, an empty or repeated field name, or a type that is not a
+  // Type enumerator. Declarations are never changed or removed.
+  [[nodiscard]] virtual Result<ProcessDeclaration> declare(
+      const ProcessDeclaration& declaration) = 0;
+
+  // The declaration stored for (process, version), its fields in name order;
+  // empty when there is none. The name is compared as exact bytes. Reads only.
+  [[nodiscard]] virtual Result<std::optional<ProcessDeclaration>> loadDeclaration(
+      std::string_view process, int version) = 0;
+
+  // A number that differs from the one the previous call on this object
+  // returned whenever anything was committed to the store in between (an
+  // apply() that wrote a set, a declare() that stored), by this object or by
+  // another one on the same database (another process). It stays the same
+  // across reads and across apply() calls whose every set was a Conflict or
+  // KeyTaken; any other commit to the database (an operator's, say) may change
+  // it. Compare marks of one object only. Cheap: reads no record.
+  [[nodiscard]] virtual Result<std::uint64_t> changeMark() = 0;
 };
 
 // Forwards every call to another store, so a test can override one method (to
@@ -164,6 +245,20 @@ class StoreWrapper : public Store {
                                                      std::string_view key) override {
     return target_->findStartKey(process, key);
   }
+  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after) override {
+    return target_->nextLeaseExpiry(after);
+  }
+  Result<std::vector<ExpiredLease>> listExpiredLeases(const LeaseQuery& query) override {
+    return target_->listExpiredLeases(query);
+  }
+  Result<ProcessDeclaration> declare(const ProcessDeclaration& declaration) override {
+    return target_->declare(declaration);
+  }
+  Result<std::optional<ProcessDeclaration>> loadDeclaration(std::string_view process,
+                                                            int version) override {
+    return target_->loadDeclaration(process, version);
+  }
+  Result<std::uint64_t> changeMark() override { return target_->changeMark(); }
 
   Store& target() const noexcept { return *target_; }
 

@@ -30,6 +30,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -308,6 +309,27 @@ class RecordingStore final : public StoreWrapper {
                                                      std::string_view key) override {
     note(StoreCall::FindStartKey);
     return StoreWrapper::findStartKey(process, key);
+  }
+  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after) override {
+    note(StoreCall::NextLeaseExpiry);
+    return StoreWrapper::nextLeaseExpiry(after);
+  }
+  Result<std::vector<ExpiredLease>> listExpiredLeases(const LeaseQuery& query) override {
+    note(StoreCall::ListExpiredLeases);
+    return StoreWrapper::listExpiredLeases(query);
+  }
+  Result<ProcessDeclaration> declare(const ProcessDeclaration& declaration) override {
+    note(StoreCall::Declare);
+    return StoreWrapper::declare(declaration);
+  }
+  Result<std::optional<ProcessDeclaration>> loadDeclaration(std::string_view process,
+                                                            int version) override {
+    note(StoreCall::LoadDeclaration);
+    return StoreWrapper::loadDeclaration(process, version);
+  }
+  Result<std::uint64_t> changeMark() override {
+    note(StoreCall::ChangeMark);
+    return StoreWrapper::changeMark();
   }
 
  private:
@@ -809,6 +831,77 @@ TEST_CASE("a fault at any store call, reads included: the same contract") {
   CHECK(points > 144);
   std::cout << "fault_injection_test: " << points
             << " call fault points injected (operations x store calls x kinds x stores)\n";
+}
+
+// --- the kit itself: every Store call is counted, named and failed ------------------------
+
+namespace {
+
+// Makes the Store call `call` names, with arguments that harm nothing (declare()
+// stores version `version` of "Order"). The switch has no default, so that
+// -Wswitch names a StoreCall left out.
+Result<void> makeCall(Store& store, StoreCall call, int version = 1) {
+  switch (call) {
+    case StoreCall::LoadInstance: return asVoid(store.loadInstance(1));
+    case StoreCall::LoadStepRun: return asVoid(store.loadStepRun(1, 1));
+    case StoreCall::Apply: return asVoid(store.apply({}));
+    case StoreCall::ListWaiting: return asVoid(store.listWaiting(WaitingQuery{}));
+    case StoreCall::ListRunning: return asVoid(store.listRunning(RunningQuery{"Order", 1, 0, 10}));
+    case StoreCall::NextDeadline: return asVoid(store.nextDeadline(Timestamp::min()));
+    case StoreCall::ListDue: return asVoid(store.listDue(DueQuery{}));
+    case StoreCall::FindByKey: return asVoid(store.findByKey(KeyQuery{"Order", "Submit", "k", 2}));
+    case StoreCall::LoadHistory: return asVoid(store.loadHistory(1));
+    case StoreCall::FindStartKey: return asVoid(store.findStartKey("Order", "k"));
+    case StoreCall::NextLeaseExpiry: return asVoid(store.nextLeaseExpiry(Timestamp::min()));
+    case StoreCall::ListExpiredLeases: return asVoid(store.listExpiredLeases(LeaseQuery{}));
+    case StoreCall::Declare: return asVoid(store.declare(ProcessDeclaration{"Order", version, {}}));
+    case StoreCall::LoadDeclaration: return asVoid(store.loadDeclaration("Order", version));
+    case StoreCall::ChangeMark: return asVoid(store.changeMark());
+  }
+  return fail(Errc::Internal, "no such StoreCall");
+}
+
+}  // namespace
+
+TEST_CASE("FaultInjectingStore counts and fails every Store call, each under its own name") {
+  auto target = std::make_shared<MemoryStore>();
+  FaultInjectingStore faults(target);
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < testing::kStoreCalls; ++i) {
+    const auto call = static_cast<StoreCall>(i);
+    INFO("call " << storeCallName(call));
+    names.insert(std::string(storeCallName(call)));
+    (void)makeCall(faults, call);
+    CHECK(faults.calls(call) == 1);
+  }
+  CHECK(names.size() == testing::kStoreCalls);
+  CHECK(names.count("unknown") == 0);
+  CHECK(faults.calls() == testing::kStoreCalls);
+
+  // Applies, the default scope, fails apply() only: declare() goes through.
+  faults.failAll(Fault::DiskFull);
+  CHECK(faults.declare(ProcessDeclaration{"Order", 2, {}}).has_value());
+  CHECK(hasCode(faults.apply({}), Errc::StoreError));
+
+  // AnyCall fails each of them, naming it, without reaching the target.
+  const std::uint64_t mark = target->changeMark().value();
+  faults.resetCounters();
+  faults.failAll(Fault::IoError, FaultScope::AnyCall);
+  for (std::size_t i = 0; i < testing::kStoreCalls; ++i) {
+    const auto call = static_cast<StoreCall>(i);
+    INFO("call " << storeCallName(call));
+    const Result<void> result = makeCall(faults, call, 3);  // a declare() would store version 3
+    REQUIRE_FALSE(result);
+    CHECK(result.error().code == Errc::StoreError);
+    CHECK(contains(result.error().message,
+                   "into " + std::string(storeCallName(call)) + ", call " + std::to_string(i + 1)));
+    REQUIRE(faults.lastInjected());
+    CHECK(faults.lastInjected()->call == call);
+  }
+  CHECK(faults.injected() == testing::kStoreCalls);
+  faults.disarm();
+  CHECK(target->changeMark().value() == mark);
+  CHECK(target->loadDeclaration("Order", 3).value() == std::nullopt);
 }
 
 // --- a real full disk: a SQLite file capped with SqliteOptions::maxPageCount ---------------

@@ -1,6 +1,7 @@
 // How Catch prints asyncflow's types in failure messages, shared by every test.
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -95,6 +96,46 @@ template <>
 struct StringMaker<std::optional<asyncflow::StartKeyRecord>> {
   static std::string convert(const std::optional<asyncflow::StartKeyRecord>& claim) {
     return claim ? StringMaker<asyncflow::StartKeyRecord>::convert(*claim) : "none";
+  }
+};
+
+template <>
+struct StringMaker<asyncflow::FieldDeclaration> {
+  static std::string convert(const asyncflow::FieldDeclaration& field) {
+    return '"' + field.name + "\" " + StringMaker<asyncflow::Type>::convert(field.type);
+  }
+};
+
+template <>
+struct StringMaker<asyncflow::ProcessDeclaration> {
+  static std::string convert(const asyncflow::ProcessDeclaration& declaration) {
+    std::string out =
+        declaration.process + " version " + std::to_string(declaration.version) + " {";
+    for (const asyncflow::FieldDeclaration& field : declaration.fields) {
+      if (out.back() != '{') out += ", ";
+      out += StringMaker<asyncflow::FieldDeclaration>::convert(field);
+    }
+    return out + "}";
+  }
+};
+
+template <>
+struct StringMaker<std::optional<asyncflow::ProcessDeclaration>> {
+  static std::string convert(const std::optional<asyncflow::ProcessDeclaration>& declaration) {
+    return declaration ? StringMaker<asyncflow::ProcessDeclaration>::convert(*declaration) : "none";
+  }
+};
+
+// Times as microseconds since the epoch: what the stores keep.
+template <>
+struct StringMaker<asyncflow::ExpiredLease> {
+  static std::string convert(const asyncflow::ExpiredLease& lease) {
+    const auto micros =
+        std::chrono::duration_cast<std::chrono::microseconds>(lease.expiry.time_since_epoch())
+            .count();
+    return "{instance " + std::to_string(lease.instance) + ", " + lease.process + " version " +
+           std::to_string(lease.processVersion) + ", owner \"" + lease.owner + "\", expiry " +
+           std::to_string(micros) + " us}";
   }
 };
 

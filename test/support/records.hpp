@@ -27,6 +27,11 @@ using detail::creation;
 using detail::creationWith;
 // updateOf(snapshot): the loaded instance again, guarded by its version.
 using detail::updateOf;
+// leasedCreation(owner, expiry, status = Running, process = "Order", version = 1):
+// creation() with the lease (owner, expiry); an empty owner with an expiry is offered.
+using detail::leasedCreation;
+// processDeclaration(process, version, fields = {}): the fields in the order given.
+using detail::processDeclaration;
 
 // applyBatch(store, batch): apply() must succeed with one result per set.
 using detail::applyBatch;

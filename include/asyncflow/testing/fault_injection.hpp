@@ -59,10 +59,15 @@ enum class StoreCall {
   FindByKey,
   LoadHistory,
   FindStartKey,
+  NextLeaseExpiry,
+  ListExpiredLeases,
+  Declare,
+  LoadDeclaration,
+  ChangeMark,
 };
 
 // How many StoreCall values there are.
-inline constexpr std::size_t kStoreCalls = 10;
+inline constexpr std::size_t kStoreCalls = 15;
 
 // The method's name, e.g. "apply". Never fails.
 constexpr std::string_view storeCallName(StoreCall call) noexcept {
@@ -77,14 +82,19 @@ constexpr std::string_view storeCallName(StoreCall call) noexcept {
     case StoreCall::FindByKey: return "findByKey";
     case StoreCall::LoadHistory: return "loadHistory";
     case StoreCall::FindStartKey: return "findStartKey";
+    case StoreCall::NextLeaseExpiry: return "nextLeaseExpiry";
+    case StoreCall::ListExpiredLeases: return "listExpiredLeases";
+    case StoreCall::Declare: return "declare";
+    case StoreCall::LoadDeclaration: return "loadDeclaration";
+    case StoreCall::ChangeMark: return "changeMark";
   }
   return "unknown";
 }
 
 // Which calls an armed fault counts towards its nth.
 enum class FaultScope {
-  Applies,  // only apply(): the write points. The default.
-  AnyCall,  // every call, reads included
+  Applies,  // only apply(): the instances' write points. The default.
+  AnyCall,  // every call, reads and declare() included
 };
 
 // When and how calls fail. Counting starts at arm(): nth = 1 is the first call
@@ -212,6 +222,27 @@ class FaultInjectingStore : public StoreWrapper {
                                                      std::string_view key) override {
     if (auto error = enter(StoreCall::FindStartKey)) return tl::unexpected(std::move(*error));
     return StoreWrapper::findStartKey(process, key);
+  }
+  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after) override {
+    if (auto error = enter(StoreCall::NextLeaseExpiry)) return tl::unexpected(std::move(*error));
+    return StoreWrapper::nextLeaseExpiry(after);
+  }
+  Result<std::vector<ExpiredLease>> listExpiredLeases(const LeaseQuery& query) override {
+    if (auto error = enter(StoreCall::ListExpiredLeases)) return tl::unexpected(std::move(*error));
+    return StoreWrapper::listExpiredLeases(query);
+  }
+  Result<ProcessDeclaration> declare(const ProcessDeclaration& declaration) override {
+    if (auto error = enter(StoreCall::Declare)) return tl::unexpected(std::move(*error));
+    return StoreWrapper::declare(declaration);
+  }
+  Result<std::optional<ProcessDeclaration>> loadDeclaration(std::string_view process,
+                                                            int version) override {
+    if (auto error = enter(StoreCall::LoadDeclaration)) return tl::unexpected(std::move(*error));
+    return StoreWrapper::loadDeclaration(process, version);
+  }
+  Result<std::uint64_t> changeMark() override {
+    if (auto error = enter(StoreCall::ChangeMark)) return tl::unexpected(std::move(*error));
+    return StoreWrapper::changeMark();
   }
 
  private:

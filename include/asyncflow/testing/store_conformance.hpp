@@ -12,7 +12,7 @@
 // so a failure names the case and the cases do not see each other's data. The
 // suite is header-only and needs only asyncflow's public headers and Catch2 (v2
 // or v3); it defines no Catch::StringMaker, so it mixes with a project's own
-// printers. No case sleeps; three cases use 4 threads.
+// printers. No case sleeps; four cases use 4 threads.
 //
 // Where store.hpp says "at most limit", the suite asks for full pages while more
 // rows match: the engine takes a short page for the last one.
@@ -160,7 +160,9 @@ inline std::string describe(const InstanceRecord& r) {
          ", processVersion " + std::to_string(r.processVersion) + ", status " + describe(r.status) +
          ", version " + std::to_string(r.version) + ", currentRun " + std::to_string(r.currentRun) +
          ", lastRun " + std::to_string(r.lastRun) + ", error " + describeBytes(r.error) +
-         ", createdAt " + describe(r.createdAt) + ", updatedAt " + describe(r.updatedAt) + "}";
+         ", createdAt " + describe(r.createdAt) + ", updatedAt " + describe(r.updatedAt) +
+         ", leaseOwner " + describeBytes(r.leaseOwner) + ", leaseExpiry " +
+         describe(r.leaseExpiry) + "}";
 }
 
 inline std::string describe(const StepRunRecord& r) {
@@ -203,6 +205,37 @@ inline std::string describe(const std::optional<StartKeyRecord>& claim) {
   return "{instance " + std::to_string(claim->instance) + ", processVersion " +
          std::to_string(claim->processVersion) + ", fingerprint " +
          std::to_string(claim->fingerprint) + "}";
+}
+
+inline std::string describe(const ExpiredLease& lease) {
+  return "{instance " + std::to_string(lease.instance) + ", process " +
+         describeBytes(lease.process) + ", processVersion " + std::to_string(lease.processVersion) +
+         ", owner " + describeBytes(lease.owner) + ", expiry " + describe(lease.expiry) + "}";
+}
+
+// One lease a line, so a failure shows where two pages part.
+inline std::string describe(const std::vector<ExpiredLease>& leases) {
+  std::string out = "[";
+  for (const ExpiredLease& lease : leases) out += "\n  " + describe(lease);
+  return out + "]";
+}
+
+inline std::string describe(const ProcessDeclaration& declaration) {
+  std::string out = "{process " + describeBytes(declaration.process) + ", version " +
+                    std::to_string(declaration.version) + ", fields [";
+  for (std::size_t i = 0; i < declaration.fields.size(); ++i) {
+    const FieldDeclaration& field = declaration.fields[i];
+    if (i > 0) out += ", ";
+    const int type = static_cast<int>(field.type);
+    out += describeBytes(field.name) + " " +
+           (type >= 0 && type <= static_cast<int>(Type::String) ? std::string(typeName(field.type))
+                                                                : "Type " + std::to_string(type));
+  }
+  return out + "]}";
+}
+
+inline std::string describe(const std::optional<ProcessDeclaration>& declaration) {
+  return declaration ? describe(*declaration) : std::string("none");
 }
 
 // "3_1" for run 1 of instance 3.
@@ -372,6 +405,31 @@ inline std::optional<StartKeyRecord> findStartKey(Store& store, std::string_view
   return valueOf(store.findStartKey(process, key), "findStartKey");
 }
 
+inline std::optional<Timestamp> nextLeaseExpiry(Store& store, Timestamp after = Timestamp::min()) {
+  return valueOf(store.nextLeaseExpiry(after), "nextLeaseExpiry");
+}
+
+inline std::vector<ExpiredLease> listExpiredLeases(
+    Store& store, Timestamp now, std::size_t limit = 256,
+    std::optional<LeaseCursor> after = std::nullopt) {
+  LeaseQuery query;
+  query.now = now;
+  query.after = after;
+  query.limit = limit;
+  return valueOf(store.listExpiredLeases(query), "listExpiredLeases");
+}
+
+inline ProcessDeclaration declare(Store& store, const ProcessDeclaration& declaration) {
+  return valueOf(store.declare(declaration), "declare");
+}
+
+inline std::optional<ProcessDeclaration> loadDeclaration(Store& store, std::string_view process,
+                                                         int version) {
+  return valueOf(store.loadDeclaration(process, version), "loadDeclaration");
+}
+
+inline std::uint64_t changeMark(Store& store) { return valueOf(store.changeMark(), "changeMark"); }
+
 // --- records to write ------------------------------------------------------------------
 
 // A timestamp with microseconds, the precision stores keep.
@@ -418,6 +476,28 @@ inline ChangeSet creationWith(std::string process, int processVersion, InstanceS
   set.instance.lastRun = set.instance.currentRun;
   set.stepRuns = std::move(runs);
   return set;
+}
+
+// A change set creating an instance of `process` with `status` and the lease
+// (owner, expiry): leased or expired with an owner, offered without one.
+inline ChangeSet leasedCreation(std::string owner, std::optional<Timestamp> expiry,
+                                InstanceStatus status = InstanceStatus::Running,
+                                std::string process = "Order", int processVersion = 1) {
+  ChangeSet set = creation(std::move(process), processVersion);
+  set.instance.status = status;
+  set.instance.leaseOwner = std::move(owner);
+  set.instance.leaseExpiry = expiry;
+  return set;
+}
+
+// A declaration of (process, version) with `fields`, in the order given.
+inline ProcessDeclaration processDeclaration(std::string process, int version,
+                                             std::vector<FieldDeclaration> fields = {}) {
+  ProcessDeclaration out;
+  out.process = std::move(process);
+  out.version = version;
+  out.fields = std::move(fields);
+  return out;
 }
 
 // A change set updating `current` (as loaded), guarded by its version.
@@ -1979,6 +2059,405 @@ inline void concurrentGuardedIncrementsLoseNone(Store& store) {
   CHECK(after.record.version == 1 + kThreads * kCallsPerThread);
 }
 
+// --- several hosts on one store: leases, declarations, the change mark -------------------
+
+// What the store must hold after applying the update `set`.
+inline InstanceRecord updatedRecord(const ChangeSet& set) {
+  InstanceRecord record = set.instance;
+  record.version = set.expectedVersion + 1;
+  return record;
+}
+
+// Applies an update of instance `id` that sets its status and its lease.
+inline void writeLease(Store& store, InstanceId id, InstanceStatus status, std::string owner,
+                       std::optional<Timestamp> expiry) {
+  ChangeSet set = updateOf(load(store, id));
+  set.instance.status = status;
+  set.instance.leaseOwner = std::move(owner);
+  set.instance.leaseExpiry = expiry;
+  REQUIRE(describe(applyOne(store, set).status) == "Applied");
+}
+
+inline void leasesRoundTrip(Store& store) {
+  using I = InstanceStatus;
+  const std::vector<ChangeSet> sets = {
+      leasedCreation("host-a", at(60'000'000)),                // leased
+      leasedCreation("", at(5)),                               // offered
+      leasedCreation(std::string("h\0st\xff \n", 7), at(-3)),  // an owner of any bytes
+      leasedCreation("host-b", Timestamp{}),  // an expiry at the epoch is an expiry
+      leasedCreation("host-c", Timestamp{} - std::chrono::microseconds(1)),
+      leasedCreation("", std::nullopt),             // no lease
+      leasedCreation("host-d", std::nullopt),       // an owner alone: kept as written
+      leasedCreation("host-e", at(7), I::Waiting),  // on a Waiting instance: kept as written
+  };
+  std::vector<InstanceId> ids;
+  for (const ChangeSet& set : sets) ids.push_back(create(store, set));
+  for (std::size_t i = 0; i < sets.size(); ++i) {
+    INFO("instance " << ids[i]);
+    checkSame(load(store, ids[i]),
+              InstanceSnapshot{createdRecord(sets[i], ids[i]), sets[i].fields});
+  }
+  // No expiry and an expiry at the epoch are two things.
+  CHECK(describe(load(store, ids[5]).record.leaseExpiry) == "none");
+  CHECK(describe(load(store, ids[3]).record.leaseExpiry) == describe(Timestamp{}));
+
+  SECTION("an update renews, moves, offers and clears a lease, and sets one where none was") {
+    const auto step = [&](InstanceId id, I status, std::string owner,
+                          std::optional<Timestamp> expiry) {
+      ChangeSet set = updateOf(load(store, id));
+      set.instance.status = status;
+      set.instance.leaseOwner = std::move(owner);
+      set.instance.leaseExpiry = expiry;
+      REQUIRE(describe(applyOne(store, set).status) == "Applied");
+      checkSame(load(store, id).record, updatedRecord(set));
+    };
+    step(ids[0], I::Running, "host-a", at(90'000'000));   // renewed
+    step(ids[0], I::Running, "host-b", at(120'000'000));  // taken over
+    step(ids[0], I::Running, "", at(120'000'000));        // offered
+    step(ids[0], I::Waiting, "", std::nullopt);           // cleared as it waits
+    step(ids[5], I::Running, "host-f", Timestamp{});      // gained
+    step(ids[3], I::Running, "host-b", std::nullopt);     // expiry cleared, owner kept
+  }
+
+  SECTION("a Conflict leaves the lease as it was") {
+    const InstanceSnapshot original = load(store, ids[0]);
+    REQUIRE(describe(applyOne(store, updateOf(original)).status) == "Applied");
+    const InstanceSnapshot current = load(store, ids[0]);
+    ChangeSet stale = updateOf(original);
+    stale.instance.leaseOwner = "host-late";
+    stale.instance.leaseExpiry = at(1);
+    CHECK(describe(applyOne(store, stale).status) == "Conflict");
+    checkSame(load(store, ids[0]), current);
+  }
+}
+
+inline void nextLeaseExpiryIsTheEarliestOfRunningInstances(Store& store) {
+  using I = InstanceStatus;
+  CHECK(describe(nextLeaseExpiry(store)) == "none");
+  // Running without an expiry, and earlier expiries on instances that do not run.
+  const InstanceId quiet = create(store, leasedCreation("host-a", std::nullopt));
+  std::int64_t earlier = 10;
+  for (I status : {I::Waiting, I::Completed, I::Failed, I::Cancelled}) {
+    create(store, leasedCreation("host-a", at(earlier++), status));
+  }
+  CHECK(describe(nextLeaseExpiry(store)) == "none");
+
+  const InstanceId a = create(store, leasedCreation("host-a", at(3'000)));
+  const InstanceId b = create(store, leasedCreation("", at(2'000), I::Running, "Invoice", 2));
+  const InstanceId c = create(store, leasedCreation("host-b", at(2'500)));
+  CHECK(describe(nextLeaseExpiry(store)) == describe(at(2'000)));
+
+  SECTION("after a time: only later expiries count, the time itself excluded") {
+    CHECK(describe(nextLeaseExpiry(store, at(1'999))) == describe(at(2'000)));
+    CHECK(describe(nextLeaseExpiry(store, at(2'000))) == describe(at(2'500)));
+    CHECK(describe(nextLeaseExpiry(store, at(2'500))) == describe(at(3'000)));
+    CHECK(describe(nextLeaseExpiry(store, at(3'000))) == "none");
+    CHECK(describe(nextLeaseExpiry(store, at(-5'000))) == describe(at(2'000)));
+  }
+
+  SECTION("it follows updates: cleared, no longer Running, gained, Running again") {
+    writeLease(store, b, I::Running, "", std::nullopt);
+    CHECK(describe(nextLeaseExpiry(store)) == describe(at(2'500)));
+    writeLease(store, c, I::Waiting, "host-b", at(2'500));  // not Running: not counted
+    CHECK(describe(nextLeaseExpiry(store)) == describe(at(3'000)));
+    writeLease(store, quiet, I::Running, "host-c", at(1));
+    CHECK(describe(nextLeaseExpiry(store)) == describe(at(1)));
+    writeLease(store, quiet, I::Running, "host-c", at(4'000));  // renewed
+    CHECK(describe(nextLeaseExpiry(store)) == describe(at(3'000)));
+    writeLease(store, c, I::Running, "host-b", at(2'500));
+    CHECK(describe(nextLeaseExpiry(store)) == describe(at(2'500)));
+    writeLease(store, a, I::Completed, "", std::nullopt);
+    writeLease(store, c, I::Failed, "host-b", at(2'500));
+    writeLease(store, quiet, I::Cancelled, "host-c", at(4'000));
+    CHECK(describe(nextLeaseExpiry(store)) == "none");
+  }
+
+  SECTION("an expiry at or before the epoch is still an expiry") {
+    writeLease(store, quiet, I::Running, "host-c", Timestamp{});
+    CHECK(describe(nextLeaseExpiry(store)) == describe(Timestamp{}));
+    writeLease(store, b, I::Running, "", Timestamp{} - std::chrono::microseconds(1));
+    CHECK(describe(nextLeaseExpiry(store)) == describe(Timestamp{} - std::chrono::microseconds(1)));
+  }
+}
+
+inline void listExpiredLeasesPagesByExpiryAndInstance(Store& store) {
+  using I = InstanceStatus;
+  CHECK(listExpiredLeases(store, at(1'000'000'000)).empty());
+  // Ties on at(2'000), offered instances among them, and instances never
+  // listed: no expiry, not Running.
+  const InstanceId a = create(store, leasedCreation("host-a", at(2'000)));
+  const InstanceId b = create(store, leasedCreation("host-b", at(1'000), I::Running, "Invoice", 3));
+  create(store, leasedCreation("host-a", at(500), I::Waiting));
+  const InstanceId c = create(store, leasedCreation("", at(2'000), I::Running, "Invoice", 2));
+  const InstanceId later = create(store, leasedCreation("", std::nullopt));
+  const InstanceId d = create(store, leasedCreation("host-c", at(3'000)));
+  const InstanceId e = create(store, leasedCreation("host-a", at(999)));
+  create(store, leasedCreation("host-a", at(600), I::Completed));
+  create(store, leasedCreation("host-a", at(700), I::Cancelled));
+  // Leased after the later instances were written: id order, not write order.
+  writeLease(store, later, I::Running, "host-d", at(2'000));
+
+  const std::vector<ExpiredLease> all = {
+      {e, "Order", 1, "host-a", at(999)},       {b, "Invoice", 3, "host-b", at(1'000)},
+      {a, "Order", 1, "host-a", at(2'000)},     {c, "Invoice", 2, "", at(2'000)},
+      {later, "Order", 1, "host-d", at(2'000)}, {d, "Order", 1, "host-c", at(3'000)},
+  };
+  const auto head = [&](std::size_t n) {
+    return std::vector<ExpiredLease>(
+        all.begin(), all.begin() + static_cast<std::ptrdiff_t>(std::min(n, all.size())));
+  };
+  CHECK(describe(listExpiredLeases(store, at(2'000))) == describe(head(5)));
+  CHECK(describe(listExpiredLeases(store, at(2'000) - std::chrono::microseconds(1))) ==
+        describe(head(2)));
+  CHECK(describe(listExpiredLeases(store, at(3'000))) == describe(all));
+  CHECK(describe(listExpiredLeases(store, at(1'000'000'000))) == describe(all));
+  CHECK(describe(listExpiredLeases(store, at(999))) == describe(head(1)));
+  CHECK(listExpiredLeases(store, at(998)).empty());
+
+  SECTION("the limit caps the page; full while that many more have expired") {
+    for (std::size_t limit : {std::size_t{0}, std::size_t{1}, std::size_t{3}, std::size_t{5},
+                              std::size_t{6}, std::size_t{7}}) {
+      INFO("limit " << limit);
+      CHECK(describe(listExpiredLeases(store, at(3'000), limit)) == describe(head(limit)));
+    }
+  }
+
+  SECTION("pages continue after an exclusive (expiry, instance) cursor") {
+    for (std::size_t size : {std::size_t{1}, std::size_t{2}, std::size_t{4}}) {
+      INFO("pages of " << size);
+      std::vector<ExpiredLease> walked;
+      std::optional<LeaseCursor> after;
+      for (int pages = 0; pages < 10; ++pages) {
+        const std::vector<ExpiredLease> page = listExpiredLeases(store, at(3'000), size, after);
+        walked.insert(walked.end(), page.begin(), page.end());
+        if (page.size() < size) break;
+        after = page.back().cursor();
+      }
+      CHECK(describe(walked) == describe(all));
+    }
+    // A cursor between two instances with the same expiry splits them.
+    CHECK(describe(listExpiredLeases(store, at(3'000), 100, LeaseCursor{at(2'000), a})) ==
+          describe(std::vector<ExpiredLease>(all.begin() + 3, all.end())));
+    // A cursor need not name a leased instance.
+    CHECK(describe(listExpiredLeases(store, at(3'000), 100, LeaseCursor{at(1'500), 0})) ==
+          describe(std::vector<ExpiredLease>(all.begin() + 2, all.end())));
+    // Before every expiry: the first page; after the last: nothing.
+    CHECK(describe(listExpiredLeases(store, at(3'000), 100, LeaseCursor{at(-1), 0})) ==
+          describe(all));
+    CHECK(listExpiredLeases(store, at(3'000), 100, LeaseCursor{at(3'000), d}).empty());
+  }
+
+  SECTION("a lease renewed, cleared, or on an instance that stops running leaves the list") {
+    writeLease(store, a, I::Running, "host-a", at(5'000));
+    writeLease(store, b, I::Running, "", std::nullopt);
+    writeLease(store, c, I::Completed, "", at(2'000));
+    CHECK(describe(listExpiredLeases(store, at(2'000))) ==
+          describe(std::vector<ExpiredLease>{all[0], all[4]}));
+  }
+}
+
+inline void declareStoresTheFirstDeclarationOfAVersion(Store& store) {
+  CHECK(describe(loadDeclaration(store, "Order", 1)) == "none");
+  const ProcessDeclaration first = processDeclaration("Order", 1,
+                                                      {{"Amount", Type::Double},
+                                                       {"Items", Type::Int64},
+                                                       {"OrderId", Type::String},
+                                                       {"Status", Type::String},
+                                                       {"Urgent", Type::Bool}});
+  checkSame(declare(store, first), first);
+  checkSame(loadDeclaration(store, "Order", 1), std::optional<ProcessDeclaration>(first));
+
+  SECTION("the same declaration again returns it") {
+    checkSame(declare(store, first), first);
+    checkSame(loadDeclaration(store, "Order", 1), std::optional<ProcessDeclaration>(first));
+  }
+
+  SECTION("another declaration of the version returns the first, which stays") {
+    ProcessDeclaration retyped = first;
+    retyped.fields[0].type = Type::String;
+    ProcessDeclaration more = first;
+    more.fields.push_back({"Zone", Type::String});
+    ProcessDeclaration fewer = first;
+    fewer.fields.pop_back();
+    for (const ProcessDeclaration& other : {retyped, more, fewer, processDeclaration("Order", 1)}) {
+      INFO("declaring " << describe(other));
+      checkSame(declare(store, other), first);
+    }
+    checkSame(loadDeclaration(store, "Order", 1), std::optional<ProcessDeclaration>(first));
+  }
+
+  SECTION("each (process, version) is declared apart; a version without fields is declared") {
+    const ProcessDeclaration empty = processDeclaration("Order", 2);
+    checkSame(declare(store, empty), empty);
+    checkSame(loadDeclaration(store, "Order", 2), std::optional<ProcessDeclaration>(empty));
+    const ProcessDeclaration lower = processDeclaration("order", 1, {{"Id", Type::Int64}});
+    checkSame(declare(store, lower), lower);
+    checkSame(loadDeclaration(store, "Order", 1), std::optional<ProcessDeclaration>(first));
+    checkSame(loadDeclaration(store, "order", 1), std::optional<ProcessDeclaration>(lower));
+    for (const auto& [process, version] : std::vector<std::pair<std::string, int>>{
+             {"Order", 3}, {"Order", 0}, {"Order", -1}, {"Orders", 1}, {"Ord", 1}, {"", 1}}) {
+      INFO("process " << describeBytes(process) << ", version " << version);
+      CHECK(codeOf(store.loadDeclaration(process, version)) == "ok");
+      CHECK(describe(loadDeclaration(store, process, version)) == "none");
+    }
+  }
+
+  SECTION("fields given in any order come back in name order; names are exact bytes") {
+    const ProcessDeclaration given = processDeclaration(std::string("Inv\0oice\xff", 9), 4,
+                                                        {{"b", Type::Int64},
+                                                         {"\xc3\xa9t\xc3\xa9", Type::Double},
+                                                         {std::string("a\0z", 3), Type::Bool},
+                                                         {"A", Type::String},
+                                                         {"a", Type::Null}});
+    const ProcessDeclaration sorted = processDeclaration(given.process, 4,
+                                                         {{"A", Type::String},
+                                                          {"a", Type::Null},
+                                                          {std::string("a\0z", 3), Type::Bool},
+                                                          {"b", Type::Int64},
+                                                          {"\xc3\xa9t\xc3\xa9", Type::Double}});
+    checkSame(declare(store, given), sorted);
+    checkSame(loadDeclaration(store, given.process, 4), std::optional<ProcessDeclaration>(sorted));
+    checkSame(declare(store, sorted), sorted);
+    CHECK(describe(loadDeclaration(store, "Inv", 4)) == "none");
+  }
+}
+
+inline void declareRefusesInvalidDeclarationsWritingNothing(Store& store) {
+  const std::uint64_t before = changeMark(store);
+  const std::vector<std::pair<std::string, ProcessDeclaration>> refused = {
+      {"an empty process name", processDeclaration("", 1, {{"Id", Type::Int64}})},
+      {"version 0", processDeclaration("Order", 0)},
+      {"a negative version", processDeclaration("Order", -1, {{"Id", Type::Int64}})},
+      {"an empty field name",
+       processDeclaration("Order", 1, {{"Id", Type::Int64}, {"", Type::Bool}})},
+      {"a repeated field name",
+       processDeclaration("Order", 1,
+                          {{"Id", Type::Int64}, {"Note", Type::String}, {"Id", Type::Int64}})},
+      {"a type that is no Type", processDeclaration("Order", 1, {{"Id", static_cast<Type>(42)}})},
+  };
+  for (const auto& [why, bad] : refused) {
+    INFO(why);
+    CHECK(codeOf(store.declare(bad)) == "InvalidArgument");
+    CHECK(describe(loadDeclaration(store, bad.process, bad.version)) == "none");
+  }
+  CHECK(changeMark(store) == before);
+  // The refusals claimed nothing: the version is declared by the first valid call.
+  const ProcessDeclaration valid = processDeclaration("Order", 1, {{"Id", Type::Int64}});
+  checkSame(declare(store, valid), valid);
+}
+
+inline void concurrentFirstDeclarationsAgreeOnOne(Store& store) {
+  constexpr int kVersions = 25;
+  // results[t][v]: what thread t's declaration of version v + 1 returned.
+  std::vector<std::vector<ProcessDeclaration>> results(kThreads);
+  std::vector<std::string> errors(kThreads);
+  StartGate gate(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      gate.arriveAndWait();
+      for (int v = 1; v <= kVersions; ++v) {
+        // Each thread declares the version differently, so the winner shows.
+        auto stored = store.declare(
+            processDeclaration("Order", v, {{"ByThread" + std::to_string(t), Type::Int64}}));
+        if (!stored) {
+          errors[t] = stored.error().toString();
+          return;
+        }
+        results[t].push_back(std::move(*stored));
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int t = 0; t < kThreads; ++t) {
+    INFO("thread " << t);
+    REQUIRE(errors[t] == "");
+  }
+  for (int v = 1; v <= kVersions; ++v) {
+    INFO("version " << v);
+    const std::optional<ProcessDeclaration> stored = loadDeclaration(store, "Order", v);
+    REQUIRE(stored.has_value());
+    REQUIRE(stored->fields.size() == 1);
+    CHECK(stored->fields[0].name.rfind("ByThread", 0) == 0);
+    for (int t = 0; t < kThreads; ++t) {
+      INFO("thread " << t);
+      checkSame(results[t][static_cast<std::size_t>(v - 1)], *stored);
+    }
+  }
+}
+
+inline void changeMarkChangesWithEveryWrite(Store& store) {
+  std::uint64_t mark = changeMark(store);
+  // Whether the mark differs from the last one seen; remembers the new one.
+  const auto changed = [&] {
+    const std::uint64_t next = changeMark(store);
+    const bool differs = next != mark;
+    mark = next;
+    return differs;
+  };
+  CHECK_FALSE(changed());
+
+  const InstanceId id = create(store, claiming("k-1", 1));
+  CHECK(changed());
+  CHECK_FALSE(changed());
+
+  // Reads change nothing.
+  (void)load(store, id);
+  (void)loadRun(store, id, 1);
+  (void)listWaiting(store, WaitingQuery{});
+  (void)listRunning(store, runningQuery("Order", 1));
+  (void)nextDeadline(store);
+  (void)listDue(store, at(1'000'000), 10);
+  (void)findByKey(store, "Order", "Submit", "k-1");
+  (void)loadHistory(store, id);
+  (void)findStartKey(store, "Order", "k-1");
+  (void)nextLeaseExpiry(store);
+  (void)listExpiredLeases(store, at(1'000'000));
+  (void)loadDeclaration(store, "Order", 1);
+  CHECK_FALSE(changed());
+
+  // An apply that writes no set changes nothing: empty, Conflict, KeyTaken.
+  const InstanceSnapshot original = load(store, id);
+  REQUIRE(describe(applyOne(store, updateOf(original)).status) == "Applied");
+  CHECK(changed());
+  CHECK(applyBatch(store, {}).empty());
+  CHECK_FALSE(changed());
+  CHECK(describe(applyOne(store, updateOf(original)).status) == "Conflict");
+  CHECK_FALSE(changed());
+  CHECK(describe(applyOne(store, claiming("k-1", 2)).status) == "KeyTaken");
+  CHECK_FALSE(changed());
+  std::vector<ChangeSet> nothing{updateOf(original), claiming("k-1", 3)};
+  CHECK(
+      describe(applyBatch(store, std::move(nothing))) ==
+      describe(std::vector<ApplyResult>{{ApplyStatus::Conflict, id}, {ApplyStatus::KeyTaken, id}}));
+  CHECK_FALSE(changed());
+
+  // One set written among refused ones is a write.
+  std::vector<ChangeSet> some{updateOf(original), updateOf(load(store, id))};
+  CHECK(
+      describe(applyBatch(store, std::move(some))) ==
+      describe(std::vector<ApplyResult>{{ApplyStatus::Conflict, id}, {ApplyStatus::Applied, id}}));
+  CHECK(changed());
+  // A lease is written as part of the header, like any other change.
+  writeLease(store, id, InstanceStatus::Running, "host-a", at(5'000'000));
+  CHECK(changed());
+
+  // A declare that stores is a write; one that finds the version declared, or
+  // is refused, is not.
+  const ProcessDeclaration first = processDeclaration("Order", 1, {{"OrderId", Type::String}});
+  (void)declare(store, first);
+  CHECK(changed());
+  (void)declare(store, first);
+  CHECK_FALSE(changed());
+  (void)declare(store, processDeclaration("Order", 1));
+  CHECK_FALSE(changed());
+  CHECK(codeOf(store.declare(processDeclaration("", 1))) == "InvalidArgument");
+  CHECK_FALSE(changed());
+  (void)declare(store, processDeclaration("Order", 2));
+  CHECK(changed());
+  CHECK_FALSE(changed());
+}
+
 }  // namespace detail
 
 inline void checkStoreConformance(const StoreFactory& makeStore) {
@@ -2068,6 +2547,27 @@ inline void checkStoreConformance(const StoreFactory& makeStore) {
   }
   SECTION("concurrent version-guarded increments from 4 threads lose none") {
     run(detail::concurrentGuardedIncrementsLoseNone);
+  }
+  SECTION("leases round-trip exactly through create and update: none, epoch, cleared") {
+    run(detail::leasesRoundTrip);
+  }
+  SECTION("nextLeaseExpiry is the earliest lease expiry of a Running instance, after a time") {
+    run(detail::nextLeaseExpiryIsTheEarliestOfRunningInstances);
+  }
+  SECTION("listExpiredLeases pages expired and offered leases by (expiry, instance)") {
+    run(detail::listExpiredLeasesPagesByExpiryAndInstance);
+  }
+  SECTION("declare stores the first declaration of a version and returns the stored one") {
+    run(detail::declareStoresTheFirstDeclarationOfAVersion);
+  }
+  SECTION("declare refuses an invalid declaration with InvalidArgument and writes nothing") {
+    run(detail::declareRefusesInvalidDeclarationsWritingNothing);
+  }
+  SECTION("concurrent first declarations of a version from 4 threads all return the winner's") {
+    run(detail::concurrentFirstDeclarationsAgreeOnOne);
+  }
+  SECTION("changeMark changes with every write and with nothing else") {
+    run(detail::changeMarkChangesWithEveryWrite);
   }
 }
 

@@ -1,10 +1,13 @@
 #include "asyncflow/memory_store.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <new>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -14,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include "store/declaration.hpp"
 #include "util/mutex.hpp"
 
 namespace asyncflow {
@@ -33,11 +37,26 @@ struct MemoryStore::State {
   };
   using StartKeys = std::map<std::pair<std::string, std::string>, Claim>;
 
+  // The lease index: (leaseExpiry, id) of every Running instance with an
+  // expiry, in the order listExpiredLeases pages by.
+  using LeaseEntry = std::pair<Timestamp, InstanceId>;
+  using Leases = std::set<LeaseEntry>;
+
+  // The entry `record` has in the lease index, if any.
+  static std::optional<LeaseEntry> leaseEntryOf(const InstanceRecord& record) {
+    if (record.status != InstanceStatus::Running || !record.leaseExpiry) return std::nullopt;
+    return LeaseEntry{*record.leaseExpiry, record.id};
+  }
+
   // What the mutex guards.
   struct Tables {
     std::map<InstanceId, Instance> instances;  // ordered: pages walk ids
     StartKeys startKeys;
+    Leases leases;  // always agrees with `instances` (leaseEntryOf each record)
+    std::map<std::pair<std::string, int>, ProcessDeclaration> declarations;
     InstanceId lastId = 0;
+    // changeMark(): +1 per apply() that wrote a set, per declare() that stored.
+    std::uint64_t changes = 0;
   };
 
   detail::Mutex mutex;
@@ -145,19 +164,30 @@ Result<std::vector<ApplyResult>> MemoryStore::apply(std::vector<ChangeSet> batch
       }
       results.push_back(ApplyResult{ApplyStatus::Applied, target->record.id});
     }
+    // The touched instances' new lease entries, allocated before the swap.
+    State::Leases stagedLeases;
+    for (const auto& [id, instance] : staged) {
+      if (auto entry = State::leaseEntryOf(instance.record)) stagedLeases.insert(*entry);
+    }
+    const bool wrote = std::any_of(results.begin(), results.end(), [](const ApplyResult& r) {
+      return r.status == ApplyStatus::Applied;
+    });
     // The swap: from here on nothing allocates, so nothing throws.
     for (auto it = staged.begin(); it != staged.end();) {
       auto next = std::next(it);
       auto stored = t.instances.find(it->first);
       if (stored != t.instances.end()) {
+        if (auto old = State::leaseEntryOf(stored->second.record)) t.leases.erase(*old);
         stored->second = std::move(it->second);
       } else {
         t.instances.insert(staged.extract(it));  // a node move: no allocation
       }
       it = next;
     }
+    t.leases.merge(stagedLeases);  // node moves; every key is new, the old ones are erased
     while (!stagedKeys.empty()) t.startKeys.insert(stagedKeys.extract(stagedKeys.begin()));
     t.lastId = lastId;
+    if (wrote) ++t.changes;
     return results;
   });
 }
@@ -269,6 +299,55 @@ Result<std::optional<StartKeyRecord>> MemoryStore::findStartKey(std::string_view
         return StartKeyRecord{claim.instance, holder->second.record.processVersion,
                               claim.fingerprint};
       });
+}
+
+Result<std::optional<Timestamp>> MemoryStore::nextLeaseExpiry(Timestamp after) {
+  return state_->locked(kOutOfMemory, [&](State::Tables& t) -> Result<std::optional<Timestamp>> {
+    // The first entry after every (after, id): the earliest expiry later than `after`.
+    auto it = t.leases.upper_bound({after, std::numeric_limits<InstanceId>::max()});
+    if (it == t.leases.end()) return std::nullopt;
+    return it->first;
+  });
+}
+
+Result<std::vector<ExpiredLease>> MemoryStore::listExpiredLeases(const LeaseQuery& query) {
+  return state_->locked(kOutOfMemory, [&](State::Tables& t) -> Result<std::vector<ExpiredLease>> {
+    std::vector<ExpiredLease> expired;
+    auto it = query.after ? t.leases.upper_bound({query.after->expiry, query.after->instance})
+                          : t.leases.begin();
+    for (; it != t.leases.end() && it->first <= query.now && expired.size() < query.limit; ++it) {
+      const InstanceRecord& record = t.instances.at(it->second).record;
+      expired.push_back(ExpiredLease{record.id, record.process, record.processVersion,
+                                     record.leaseOwner, it->first});
+    }
+    return expired;
+  });
+}
+
+Result<ProcessDeclaration> MemoryStore::declare(const ProcessDeclaration& declaration) {
+  return state_->locked(kOutOfMemory, [&](State::Tables& t) -> Result<ProcessDeclaration> {
+    auto valid = detail::validDeclaration(declaration);
+    if (!valid) return valid;
+    auto [it, stored] =
+        t.declarations.try_emplace(std::make_pair(valid->process, valid->version), *valid);
+    if (stored) ++t.changes;
+    return it->second;
+  });
+}
+
+Result<std::optional<ProcessDeclaration>> MemoryStore::loadDeclaration(std::string_view process,
+                                                                       int version) {
+  return state_->locked(
+      kOutOfMemory, [&](State::Tables& t) -> Result<std::optional<ProcessDeclaration>> {
+        auto it = t.declarations.find(std::make_pair(std::string(process), version));
+        if (it == t.declarations.end()) return std::nullopt;
+        return it->second;
+      });
+}
+
+Result<std::uint64_t> MemoryStore::changeMark() {
+  return state_->locked(kOutOfMemory,
+                        [](State::Tables& t) -> Result<std::uint64_t> { return t.changes; });
 }
 
 Result<std::vector<HistoryEvent>> MemoryStore::loadHistory(InstanceId id) {

@@ -172,8 +172,8 @@ WHERE r.status = 'Waiting';
 )sql"},
     {3, "the idempotency keys of Engine::startOnce", R"sql(
 -- The key each startOnce claimed, written with its instance: at most one
--- instance per (process, idempotency_key), and never deleted. The one table
--- whose key does not start with the instance id.
+-- instance per (process, idempotency_key), and never deleted. A table whose
+-- key does not start with the instance id (so are migration 4's declarations).
 CREATE TABLE start_keys (
   process         TEXT    NOT NULL,
   idempotency_key TEXT    NOT NULL,
@@ -181,6 +181,47 @@ CREATE TABLE start_keys (
   fingerprint     INTEGER NOT NULL,  -- of the start's fields: 64 bits, read as signed
   created_at      INTEGER NOT NULL,  -- the instance's created_at
   PRIMARY KEY (process, idempotency_key)
+) WITHOUT ROWID;
+)sql"},
+    {4, "leases of running instances, and the declared fields of each process version", R"sql(
+-- Several hosts on one store (DESIGN.md section 8). Every table's key starts
+-- with the instance id except start_keys and the two declaration tables below:
+-- those are keyed by process (small, written once per version or start; on a
+-- distributed engine, reference tables or distributed by their own key).
+
+-- The lease of a Running instance, written with the rest of its header: the
+-- driving host's owner id ('': none) and when the lease expires (NULL: no
+-- lease). Leased: owner and a future expiry; expired: owner and a past one;
+-- offered: no owner and an expiry. Instances from before this migration have
+-- no lease.
+ALTER TABLE instances ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE instances ADD COLUMN lease_expiry INTEGER;
+
+-- The timer's lease expiries: Running instances with one, in (expiry, id)
+-- order. Only Running instances carry a lease; the status in the WHERE keeps
+-- any other out of the lease queries even so.
+CREATE INDEX instances_lease_expiry ON instances (lease_expiry, id)
+  WHERE status = 'Running' AND lease_expiry IS NOT NULL;
+
+-- Each declared process version, with or without fields: a host that does not
+-- define() the version checks a completion's fields against these. Written
+-- once by the first host that defines the version, never changed.
+CREATE TABLE process_versions (
+  process     TEXT    NOT NULL,
+  version     INTEGER NOT NULL,
+  declared_at INTEGER NOT NULL,  -- the declaring host's wall clock
+  PRIMARY KEY (process, version)
+) WITHOUT ROWID;
+
+-- The declared data fields of each version, by name ('String', 'Int64', ...).
+CREATE TABLE process_fields (
+  process TEXT    NOT NULL,
+  version INTEGER NOT NULL,
+  name    TEXT    NOT NULL,
+  type    TEXT    NOT NULL CHECK (type = 'Null' OR type = 'Bool' OR type = 'Int64'
+                  OR type = 'Double' OR type = 'String'),
+  PRIMARY KEY (process, version, name),
+  FOREIGN KEY (process, version) REFERENCES process_versions (process, version)
 ) WITHOUT ROWID;
 )sql"},
 };

@@ -4,6 +4,7 @@
 #include "asyncflow/sqlite_store.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <cstddef>
@@ -22,6 +23,7 @@
 #include <sqlite3.h>
 
 #include "store/commit_queue.hpp"
+#include "store/declaration.hpp"
 #include "store/enum_names.hpp"
 #include "store/sqlite/codec.hpp"
 #include "store/sqlite/connection.hpp"
@@ -40,6 +42,7 @@ using detail::MutexLock;
 using namespace detail::sqlite;
 
 constexpr std::string_view kApply = "apply (nothing was written)";
+constexpr std::string_view kDeclare = "declare (nothing was written)";
 
 // --- row readers ---------------------------------------------------------------------
 
@@ -81,6 +84,27 @@ void addCompletionField(const SQLite::Statement& s, int index, StepRunRecord& re
   record.completion.set(name, std::move(value));
 }
 
+// The declaration of (process, version) that `s` (Reads::declaration) finds;
+// empty when the version is not declared.
+std::optional<ProcessDeclaration> readDeclaration(SQLite::Statement& s, const std::string& process,
+                                                  int version) {
+  ResetOnExit reset(s);
+  bindText(s, 1, process);
+  s.bind(2, version);
+  if (!s.executeStep()) return std::nullopt;
+  ProcessDeclaration declaration;
+  declaration.process = process;
+  declaration.version = version;
+  do {
+    if (s.isColumnNull(0)) continue;  // no fields: the LEFT JOIN's one empty row
+    FieldDeclaration field;
+    field.name = bytesOf(s.getColumn(0));
+    field.type = parseName<Type>(std::string_view(s.getColumn(1).getText()), "declared type");
+    declaration.fields.push_back(std::move(field));
+  } while (s.executeStep());
+  return declaration;
+}
+
 // --- row writers ---------------------------------------------------------------------
 
 // The writing connection with its write statements: writes a commit queue's
@@ -100,20 +124,24 @@ class GroupWriter {
   // Writes the group's batches in one transaction, setting each one's result.
   // Alone, a batch is the transaction. Together, each batch is a savepoint: an
   // error rolls back that batch only; a failed COMMIT fails all. Never throws:
-  // every exception becomes a member's StoreError.
-  void writeGroup(CommitQueue::Group& group) {
+  // every exception becomes a member's StoreError. Whether the commit wrote a
+  // set (one of them Applied), for changeMark.
+  bool writeGroup(CommitQueue::Group& group) {
+    bool wrote = false;
     if (group.size() == 1) {
       CommitQueue::Member& member = *group.begin();
       member.setResult(mapExceptions(kApply, [&]() -> Result<std::vector<ApplyResult>> {
         WriteTransaction transaction(writes_);
         std::vector<ApplyResult> results = applySets(member.batch());
         transaction.commit();
+        wrote = anyApplied(results);
         return results;
       }));
-      return;
+      return wrote;
     }
     const Result<void> committed = mapExceptions(kApply, [&]() -> Result<void> {
       WriteTransaction transaction(writes_);
+      bool anyWritten = false;
       for (CommitQueue::Member& member : group) {
         Result<std::vector<ApplyResult>> result =
             mapExceptions(kApply, [&] { return applyInSavepoint(member.batch()); });
@@ -122,12 +150,45 @@ class GroupWriter {
         if (!result && sqlite3_get_autocommit(db_.getHandle()) != 0) {
           return tl::unexpected(result.error());
         }
+        if (result && anyApplied(*result)) anyWritten = true;
         member.setResult(std::move(result));
       }
       transaction.commit();
+      wrote = anyWritten;
       return {};
     });
     if (!committed) group.failAll(committed.error());
+    return wrote;
+  }
+
+  // Stores `declaration` (validated, its fields in name order) in a
+  // transaction of its own unless its (process, version) has one, reading with
+  // `reads` (prepared on this connection). The declaration stored, and whether
+  // this call stored it. Throws SQLite::Exception; a failure writes nothing.
+  std::pair<ProcessDeclaration, bool> writeDeclaration(const ProcessDeclaration& declaration,
+                                                       Reads& reads) {
+    // IMMEDIATE: the look-up and the insert hold the write lock together, so of
+    // two hosts declaring at once the second finds the first's rows.
+    WriteTransaction transaction(writes_);
+    if (auto stored =
+            readDeclaration(reads.declaration, declaration.process, declaration.version)) {
+      return {std::move(*stored), false};  // the transaction rolls back, empty
+    }
+    SQLite::Statement& version = writes_.insertProcessVersion;
+    bindText(version, 1, declaration.process);
+    version.bind(2, declaration.version);
+    bindTime(version, 3, std::chrono::system_clock::now());
+    run(version);
+    for (const FieldDeclaration& field : declaration.fields) {
+      SQLite::Statement& s = writes_.insertProcessField;
+      bindText(s, 1, declaration.process);
+      s.bind(2, declaration.version);
+      bindText(s, 3, field.name);
+      bindName(s, 4, typeName(field.type));
+      run(s);
+    }
+    transaction.commit();
+    return {declaration, true};
   }
 
  private:
@@ -147,7 +208,12 @@ class GroupWriter {
     return results;
   }
 
-  // Binds ?1..?8 of insertInstance and updateInstance.
+  static bool anyApplied(const std::vector<ApplyResult>& results) {
+    return std::any_of(results.begin(), results.end(),
+                       [](const ApplyResult& r) { return r.status == ApplyStatus::Applied; });
+  }
+
+  // Binds ?1..?10 (kInstanceColumnNames) of insertInstance and updateInstance.
   static void bindHeader(SQLite::Statement& s, const InstanceRecord& r) {
     bindText(s, 1, r.process);
     s.bind(2, r.processVersion);
@@ -157,6 +223,12 @@ class GroupWriter {
     bindText(s, 6, r.error);
     bindTime(s, 7, r.createdAt);
     bindTime(s, 8, r.updatedAt);
+    bindText(s, 9, r.leaseOwner);
+    if (r.leaseExpiry) {
+      bindTime(s, 10, *r.leaseExpiry);
+    } else {
+      s.bind(10);  // no lease: NULL, outside instances_lease_expiry
+    }
   }
 
   // Writes one change set inside the batch's transaction.
@@ -189,9 +261,9 @@ class GroupWriter {
       SQLite::Statement& s = writes_.updateInstance;
       header.version = set.expectedVersion + 1;
       bindHeader(s, header);
-      s.bind(9, static_cast<std::int64_t>(header.version));
-      s.bind(10, static_cast<std::int64_t>(header.id));
-      s.bind(11, static_cast<std::int64_t>(set.expectedVersion));
+      s.bind(kInstanceColumns + 1, static_cast<std::int64_t>(header.version));
+      s.bind(kInstanceColumns + 2, static_cast<std::int64_t>(header.id));
+      s.bind(kInstanceColumns + 3, static_cast<std::int64_t>(set.expectedVersion));
       if (run(s) == 0) return ApplyResult{ApplyStatus::Conflict, header.id};
     }
     for (const auto& [name, value] : set.fields) {
@@ -308,11 +380,14 @@ class SqliteStore::Impl {
       r.error = bytesOf(s.getColumn(5));
       r.createdAt = fromMicros(s.getColumn(6).getInt64());
       r.updatedAt = fromMicros(s.getColumn(7).getInt64());
-      r.version = static_cast<std::uint64_t>(s.getColumn(8).getInt64());
+      r.leaseOwner = bytesOf(s.getColumn(8));
+      if (!s.isColumnNull(9)) r.leaseExpiry = fromMicros(s.getColumn(9).getInt64());
+      r.version = static_cast<std::uint64_t>(s.getColumn(kInstanceColumns).getInt64());
+      constexpr int kField = kInstanceColumns + 1;  // name, type, value
       do {
-        if (s.isColumnNull(9)) continue;  // no fields: the LEFT JOIN's one empty row
-        std::string name = bytesOf(s.getColumn(9));
-        Value value = readValue(s, 10, name);
+        if (s.isColumnNull(kField)) continue;  // no fields: the LEFT JOIN's one empty row
+        std::string name = bytesOf(s.getColumn(kField));
+        Value value = readValue(s, kField + 1, name);
         snapshot.fields.set(name, std::move(value));
       } while (s.executeStep());
       return snapshot;
@@ -342,7 +417,7 @@ class SqliteStore::Impl {
   Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) ASYNCFLOW_EXCLUDES(mutex_) {
     return queue_.submit(std::move(batch), [this](CommitQueue::Group& group) {
       MutexLock lock(mutex_);
-      writer_.writeGroup(group);
+      if (writer_.writeGroup(group)) commits_.fetch_add(1, std::memory_order_release);
     });
   }
 
@@ -464,6 +539,103 @@ class SqliteStore::Impl {
     });
   }
 
+  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after) {
+    return mapExceptions("nextLeaseExpiry", [&]() -> Result<std::optional<Timestamp>> {
+      ReadConnection connection = readConnection();
+      SQLite::Statement& s = connection.reads().nextLeaseExpiry;
+      ResetOnExit reset(s);
+      bindTime(s, 1, after);
+      std::optional<Timestamp> earliest;
+      // An aggregate always answers one row: NULL when no Running instance has a lease.
+      if (s.executeStep() && !s.isColumnNull(0)) earliest = fromMicros(s.getColumn(0).getInt64());
+      return earliest;
+    });
+  }
+
+  Result<std::vector<ExpiredLease>> listExpiredLeases(const LeaseQuery& query) {
+    return mapExceptions("listExpiredLeases", [&]() -> Result<std::vector<ExpiredLease>> {
+      ReadConnection connection = readConnection();
+      SQLite::Statement& s = connection.reads().expiredLeases;
+      ResetOnExit reset(s);
+      bindTime(s, 1, query.now);
+      if (query.after) {
+        bindTime(s, 2, query.after->expiry);
+        s.bind(3, static_cast<std::int64_t>(query.after->instance));
+      } else {
+        s.bind(2, std::numeric_limits<std::int64_t>::min());  // before every expiry
+        s.bind(3, std::numeric_limits<std::int64_t>::min());
+      }
+      s.bind(4, limitOf(query.limit));
+      std::vector<ExpiredLease> expired;
+      while (s.executeStep()) {
+        ExpiredLease lease;
+        lease.instance = s.getColumn(0).getInt64();
+        lease.process = bytesOf(s.getColumn(1));
+        lease.processVersion = s.getColumn(2).getInt();
+        lease.owner = bytesOf(s.getColumn(3));
+        lease.expiry = fromMicros(s.getColumn(4).getInt64());
+        expired.push_back(std::move(lease));
+      }
+      return expired;
+    });
+  }
+
+  // A declaration is rare: after a look-up on a read connection (the version is
+  // usually declared already), it is written in a transaction of its own on the
+  // writing connection, between two group commits.
+  Result<ProcessDeclaration> declare(const ProcessDeclaration& declaration)
+      ASYNCFLOW_EXCLUDES(mutex_) {
+    return mapExceptions(kDeclare, [&]() -> Result<ProcessDeclaration> {
+      auto valid = detail::validDeclaration(declaration);
+      if (!valid) return valid;
+      {
+        ReadConnection connection = readConnection();
+        if (auto stored =
+                readDeclaration(connection.reads().declaration, valid->process, valid->version)) {
+          return std::move(*stored);
+        }
+      }
+      MutexLock lock(mutex_);
+      auto [stored, wrote] = writer_.writeDeclaration(*valid, writerReads_);
+      if (wrote) commits_.fetch_add(1, std::memory_order_release);
+      return std::move(stored);
+    });
+  }
+
+  Result<std::optional<ProcessDeclaration>> loadDeclaration(std::string_view process, int version) {
+    return mapExceptions("loadDeclaration", [&]() -> Result<std::optional<ProcessDeclaration>> {
+      ReadConnection connection = readConnection();
+      return readDeclaration(connection.reads().declaration, std::string(process), version);
+    });
+  }
+
+  // PRAGMA data_version on the read-only connection, combined with the count of
+  // this store's own commits. data_version changes only when a connection
+  // other than the one asking commits: asked of the writing connection it would
+  // miss this store's own commits, while the reader, which never writes, sees
+  // every commit, this store's and other processes' alike. The count covers a
+  // memory or temporary database, which has no reader (and no other
+  // connection). The pragma reads the WAL index, not the file's pages.
+  Result<std::uint64_t> changeMark() ASYNCFLOW_EXCLUDES(readerMutex_) {
+    return mapExceptions("changeMark", [&]() -> Result<std::uint64_t> {
+      MutexLock lock(readerMutex_);
+      const std::uint64_t commits = commits_.load(std::memory_order_acquire);
+      std::int64_t dataVersion = 0;
+      if (readerReads_ != nullptr) {
+        SQLite::Statement& s = readerReads_->dataVersion;
+        ResetOnExit reset(s);
+        if (!s.executeStep()) return fail(Errc::StoreError, "changeMark: no data_version");
+        dataVersion = s.getColumn(0).getInt64();
+      }
+      if (commits != markCommits_ || dataVersion != markDataVersion_) {
+        ++mark_;
+        markCommits_ = commits;
+        markDataVersion_ = dataVersion;
+      }
+      return mark_;
+    });
+  }
+
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) {
     return mapExceptions("loadHistory", [&]() -> Result<std::vector<HistoryEvent>> {
       ReadConnection connection = readConnection();
@@ -508,9 +680,17 @@ class SqliteStore::Impl {
 
   // Guarded by readerMutex_: the read-only connection and its statements; both
   // null for a memory or temporary database, whose reads then use the writer's.
+  // And changeMark's last answer, with the commit count and data_version it saw.
   Mutex readerMutex_;
   std::unique_ptr<SQLite::Database> reader_ ASYNCFLOW_PT_GUARDED_BY(readerMutex_);
   std::unique_ptr<Reads> readerReads_ ASYNCFLOW_PT_GUARDED_BY(readerMutex_);
+  std::uint64_t mark_ ASYNCFLOW_GUARDED_BY(readerMutex_) = 0;
+  std::uint64_t markCommits_ ASYNCFLOW_GUARDED_BY(readerMutex_) = 0;
+  std::int64_t markDataVersion_ ASYNCFLOW_GUARDED_BY(readerMutex_) = 0;
+
+  // Atomic: the commits that wrote something, made by this store (group
+  // commits and declarations); raised under mutex_ after each one.
+  std::atomic<std::uint64_t> commits_{0};
 };
 
 Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path,
@@ -624,5 +804,24 @@ Result<std::optional<StartKeyRecord>> SqliteStore::findStartKey(std::string_view
                                                                 std::string_view key) {
   return impl_->findStartKey(process, key);
 }
+
+Result<std::optional<Timestamp>> SqliteStore::nextLeaseExpiry(Timestamp after) {
+  return impl_->nextLeaseExpiry(after);
+}
+
+Result<std::vector<ExpiredLease>> SqliteStore::listExpiredLeases(const LeaseQuery& query) {
+  return impl_->listExpiredLeases(query);
+}
+
+Result<ProcessDeclaration> SqliteStore::declare(const ProcessDeclaration& declaration) {
+  return impl_->declare(declaration);
+}
+
+Result<std::optional<ProcessDeclaration>> SqliteStore::loadDeclaration(std::string_view process,
+                                                                       int version) {
+  return impl_->loadDeclaration(process, version);
+}
+
+Result<std::uint64_t> SqliteStore::changeMark() { return impl_->changeMark(); }
 
 }  // namespace asyncflow

@@ -107,17 +107,37 @@ Reads::Reads(SQLite::Database& db)
       startKey(db,
                "SELECT k.instance_id, i.process_version, k.fingerprint "
                "FROM start_keys AS k JOIN instances AS i ON i.id = k.instance_id "
-               "WHERE k.process = ?1 AND k.idempotency_key = ?2") {}
+               "WHERE k.process = ?1 AND k.idempotency_key = ?2"),
+      // Both lease queries repeat the partial index's WHERE, so that the planner
+      // uses instances_lease_expiry: one seek for the minimum, one range per page.
+      nextLeaseExpiry(db,
+                      "SELECT min(lease_expiry) FROM instances "
+                      "WHERE status = 'Running' AND lease_expiry IS NOT NULL "
+                      "AND lease_expiry > ?1"),
+      expiredLeases(db,
+                    "SELECT id, process, process_version, lease_owner, lease_expiry "
+                    "FROM instances "
+                    "WHERE status = 'Running' AND lease_expiry IS NOT NULL "
+                    "AND lease_expiry <= ?1 AND (lease_expiry, id) > (?2, ?3) "
+                    "ORDER BY lease_expiry, id LIMIT ?4"),
+      declaration(db,
+                  "SELECT f.name, f.type FROM process_versions AS v "
+                  "LEFT JOIN process_fields AS f ON f.process = v.process "
+                  "AND f.version = v.version "
+                  "WHERE v.process = ?1 AND v.version = ?2 ORDER BY f.name"),
+      dataVersion(db, "PRAGMA data_version") {}
 
 Writes::Writes(SQLite::Database& db)
     : begin(db, "BEGIN IMMEDIATE"), commit(db, "COMMIT"), rollback(db, "ROLLBACK"),
       savepoint(db, "SAVEPOINT batch"), releaseSavepoint(db, "RELEASE batch"),
       rollbackToSavepoint(db, "ROLLBACK TO batch"),
-      insertInstance(db, fmt::format("INSERT INTO instances ({}, version) VALUES ({}, 1)",
-                                     columnList(kInstanceColumnNames), parameters(8))),
-      updateInstance(db, fmt::format("UPDATE instances SET {}, version = ?9 "
-                                     "WHERE id = ?10 AND version = ?11",
-                                     assignments(kInstanceColumnNames))),
+      insertInstance(db,
+                     fmt::format("INSERT INTO instances ({}, version) VALUES ({}, 1)",
+                                 columnList(kInstanceColumnNames), parameters(kInstanceColumns))),
+      updateInstance(db, fmt::format("UPDATE instances SET {0}, version = ?{1} "
+                                     "WHERE id = ?{2} AND version = ?{3}",
+                                     assignments(kInstanceColumnNames), kInstanceColumns + 1,
+                                     kInstanceColumns + 2, kInstanceColumns + 3)),
       upsertField(db,
                   "INSERT INTO fields (instance_id, name, type, value) VALUES (?1, ?2, ?3, ?4) "
                   "ON CONFLICT (instance_id, name) DO UPDATE "
@@ -143,6 +163,12 @@ Writes::Writes(SQLite::Database& db)
       insertStartKey(db,
                      "INSERT INTO start_keys "
                      "(process, idempotency_key, instance_id, fingerprint, created_at) "
-                     "VALUES (?1, ?2, ?3, ?4, ?5)") {}
+                     "VALUES (?1, ?2, ?3, ?4, ?5)"),
+      insertProcessVersion(db,
+                           "INSERT INTO process_versions (process, version, declared_at) "
+                           "VALUES (?1, ?2, ?3)"),
+      insertProcessField(db,
+                         "INSERT INTO process_fields (process, version, name, type) "
+                         "VALUES (?1, ?2, ?3, ?4)") {}
 
 }  // namespace asyncflow::detail::sqlite

@@ -16,9 +16,10 @@ namespace asyncflow::detail::sqlite {
 
 // Instance columns written from an InstanceRecord (id and version aside), in
 // the order bindHeader binds and loadInstance reads them.
-inline constexpr const char* kInstanceColumnNames[] = {"process",     "process_version", "status",
-                                                       "current_run", "last_run",        "error",
-                                                       "created_at",  "updated_at"};
+inline constexpr const char* kInstanceColumnNames[] = {
+    "process", "process_version", "status",     "current_run", "last_run",
+    "error",   "created_at",      "updated_at", "lease_owner", "lease_expiry"};
+inline constexpr int kInstanceColumns = static_cast<int>(std::size(kInstanceColumnNames));
 
 // Step-run columns, in the order writeStepRun binds and readStepRun reads them.
 inline constexpr const char* kRunColumnNames[] = {
@@ -56,6 +57,17 @@ struct Reads {
   // ?1 process, ?2 idempotency key. At most one row: instance_id,
   // process_version, fingerprint.
   SQLite::Statement startKey;
+  // ?1 after. One row: min(lease_expiry) of the Running instances, NULL when none.
+  SQLite::Statement nextLeaseExpiry;
+  // ?1 now, ?2 ?3 cursor (lease_expiry, id), ?4 limit. Rows: id, process,
+  // process_version, lease_owner, lease_expiry.
+  SQLite::Statement expiredLeases;
+  // ?1 process, ?2 version. No row when the version is not declared; else one
+  // row per field, name and type in name order (one row of NULLs for none).
+  SQLite::Statement declaration;
+  // PRAGMA data_version: one row, a number that changes when another
+  // connection commits.
+  SQLite::Statement dataVersion;
 };
 
 // The write statements, prepared on the writing connection.
@@ -70,9 +82,9 @@ struct Writes {
   SQLite::Statement releaseSavepoint;
   SQLite::Statement rollbackToSavepoint;
 
-  // ?1..?8 the instance columns; version 1.
+  // ?1..?10 the instance columns; version 1.
   SQLite::Statement insertInstance;
-  // ?1..?8 the instance columns, ?9 new version; WHERE id = ?10 AND version = ?11.
+  // ?1..?10 the instance columns, ?11 new version; WHERE id = ?12 AND version = ?13.
   SQLite::Statement updateInstance;
   // ?1 instance, ?2 name, ?3 type, ?4 value.
   SQLite::Statement upsertField;
@@ -88,6 +100,10 @@ struct Writes {
   SQLite::Statement startKeyHolder;
   // ?1 process, ?2 idempotency key, ?3 instance, ?4 fingerprint, ?5 created_at.
   SQLite::Statement insertStartKey;
+  // ?1 process, ?2 version, ?3 declared_at.
+  SQLite::Statement insertProcessVersion;
+  // ?1 process, ?2 version, ?3 name, ?4 type.
+  SQLite::Statement insertProcessField;
 };
 
 }  // namespace asyncflow::detail::sqlite
