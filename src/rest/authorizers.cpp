@@ -45,13 +45,6 @@ std::string base64(std::string_view text) {
   return out;
 }
 
-bool hasControl(std::string_view text) {
-  for (char c : text) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return true;
-  }
-  return false;
-}
-
 // Whether `presented` equals one of `expected`, comparing every one of them.
 bool matchesAny(const std::vector<std::string>& expected, std::string_view presented) {
   bool match = false;
@@ -78,13 +71,13 @@ std::optional<std::string_view> basicToken(std::string_view header) {
 }
 
 std::string basicProblem(const std::vector<BasicUser>& users, const std::string& realm) {
-  if (realm.find_first_of("\"\\") != std::string::npos || hasControl(realm)) {
+  if (realm.find_first_of("\"\\") != std::string::npos || asyncflow::detail::hasControl(realm)) {
     return "rest::basicAuthorizer: the realm must not hold '\"', '\\' or control characters";
   }
   for (const BasicUser& user : users) {
     const std::string shown = "'" + asyncflow::detail::quoted(user.name) + "'";
     if (user.name.empty()) return "rest::basicAuthorizer: a user name is empty";
-    if (user.name.find(':') != std::string::npos || hasControl(user.name)) {
+    if (user.name.find(':') != std::string::npos || asyncflow::detail::hasControl(user.name)) {
       return "rest::basicAuthorizer: user name " + shown + " holds ':' or a control character";
     }
     if (user.password.empty()) return "rest::basicAuthorizer: user " + shown + " has no password";

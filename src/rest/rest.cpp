@@ -200,13 +200,6 @@ bool isPathCharacter(char c) {
   return std::string_view("/-._~!$&'()*+,;=:@").find(c) != std::string_view::npos;
 }
 
-bool hasControl(std::string_view text) {
-  for (char c : text) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return true;
-  }
-  return false;
-}
-
 // The WWW-Authenticate value of a 401 under `options`.
 std::string challengeOf(const Options& options) {
   if (!options.challenge.empty()) return options.challenge;
@@ -246,7 +239,7 @@ Result<void> checkOptions(const Options& options) {
   if (options.maxBodyBytes == 0) {
     return fail(Errc::InvalidArgument, "rest::mount: maxBodyBytes must be at least 1");
   }
-  if (hasControl(challengeOf(options))) {
+  if (asyncflow::detail::hasControl(challengeOf(options))) {
     return fail(Errc::InvalidArgument,
                 "rest::mount: the challenge must not hold control characters");
   }

@@ -97,14 +97,9 @@ void startInstance(Call& call) {
       }
     }
   }
-  nlohmann::json answerBody = startedJson(id, process, 0);
-  if (!version)
-    answerBody["processVersion"] = nullptr;
-  else
-    answerBody["processVersion"] = *version;
   call.response.set_header("Location",
                            call.context.options.basePath + "/instances/" + std::to_string(id));
-  answerJson(call.response, created ? 201 : 200, answerBody);
+  answerJson(call.response, created ? 201 : 200, startedJson(id, process, version));
 }
 
 // A positive decimal id without sign or leading zero that fits int64.

@@ -105,8 +105,10 @@ Json instanceJson(const InstanceInfo& info) {
   };
 }
 
-Json startedJson(InstanceId id, const std::string& process, int processVersion) {
-  return {{"instanceId", id}, {"process", process}, {"processVersion", processVersion}};
+Json startedJson(InstanceId id, const std::string& process, std::optional<int> processVersion) {
+  return {{"instanceId", id},
+          {"process", process},
+          {"processVersion", processVersion ? Json(*processVersion) : Json(nullptr)}};
 }
 
 std::string dumped(const Json& json) {

@@ -3,6 +3,7 @@
 // serialNumber, which its caller already presented.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -21,8 +22,9 @@ nlohmann::json serverEventJson(const WaitingStep& step);
 // ("5_31", never the secret).
 nlohmann::json instanceJson(const InstanceInfo& info);
 
-// The start route's answer.
-nlohmann::json startedJson(InstanceId id, const std::string& process, int processVersion);
+// The start route's answer; processVersion null when it could not be read.
+nlohmann::json startedJson(InstanceId id, const std::string& process,
+                           std::optional<int> processVersion);
 
 // A JSON document as text; invalid UTF-8 is replaced, never thrown on.
 std::string dumped(const nlohmann::json& json);

@@ -11,4 +11,13 @@ namespace asyncflow::detail {
 // reasons from outside may be huge or binary; a message must stay readable.
 std::string quoted(std::string_view text);
 
+// Whether `text` holds an ASCII control character (below 0x20, or 0x7f): what
+// must never reach an HTTP header or a log line unescaped.
+inline bool hasControl(std::string_view text) noexcept {
+  for (char c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return true;
+  }
+  return false;
+}
+
 }  // namespace asyncflow::detail
