@@ -12,6 +12,9 @@
 #include <utility>
 #include <vector>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <asyncflow/testing/fault_injection.hpp>
 
 #include "model/start_key.hpp"
@@ -313,6 +316,64 @@ TEST_CASE("a repeat on a reopened SQLite file reports the instance started befor
   CHECK(after.steps().empty());  // recovery found nothing to re-run, the repeat ran nothing
   CHECK(hasCode(engine.instance(first.id + 1), Errc::NotFound));
   CHECK(hasCode(engine.startOnce("Order", "order-A-17", {{"OrderId", "A-18"}}), Errc::KeyReused));
+}
+
+TEST_CASE("a host in another OS process sees the key a first host claimed, on one SQLite file") {
+  TempDir dir;
+  const std::string path = dir.file("workflows.db");
+  // The parent's host opens the file first and stays open throughout.
+  OrderFlow parentFlow;
+  auto parentStore = SqliteStore::open(path);
+  REQUIRE(parentStore);
+  Harness h;
+  EngineOptions options = h.options();
+  Engine parent(std::shared_ptr<Store>(std::move(*parentStore)), options);
+  REQUIRE(parent.define(parentFlow.process()));
+
+  // A second host in a child process claims the key and reports the id on a pipe.
+  int ids[2];
+  REQUIRE(::pipe(ids) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(ids[0]);
+    InstanceId id = 0;
+    int code = 1;
+    {
+      OrderFlow flow;
+      auto store = SqliteStore::open(path);
+      if (store) {
+        EngineOptions childOptions;  // the child's own clock, random source and timer
+        childOptions.timerThread = false;
+        Engine engine(std::shared_ptr<Store>(std::move(*store)), childOptions);
+        if (engine.define(flow.process())) {
+          auto started = engine.startOnce("Order", "order-A-17", {{"OrderId", "A-17"}});
+          if (started && started->created) {
+            id = started->id;
+            code = 0;
+          }
+        }
+      }
+    }
+    const bool written = ::write(ids[1], &id, sizeof id) == static_cast<ssize_t>(sizeof id);
+    ::_exit(written ? code : 1);
+  }
+  ::close(ids[1]);
+  InstanceId childId = 0;
+  REQUIRE(::read(ids[0], &childId, sizeof childId) == static_cast<ssize_t>(sizeof childId));
+  ::close(ids[0]);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  REQUIRE(childId > 0);
+
+  auto again = parent.startOnce("Order", "order-A-17", {{"OrderId", "A-17"}});
+  REQUIRE(again);
+  CHECK_FALSE(again->created);
+  CHECK(again->id == childId);
+  CHECK(parentFlow.steps().empty());  // the parent ran nothing for it
+  CHECK(hasCode(parent.startOnce("Order", "order-A-17", {{"OrderId", "B-2"}}), Errc::KeyReused));
 }
 
 TEST_CASE("concurrent startOnce calls with one key create one instance, and all report it") {
