@@ -1,4 +1,4 @@
-// external_batch: the seed's scenario, as two runs of one host program.
+// external_batch: the seed's scenario, as three runs of one program.
 //
 //   external_batch submit DIR   Run 1, the host: starts an OrderExport process
 //                               whose async step writes its serial into the
@@ -7,13 +7,21 @@
 //                               The wait is a row in DIR/workflows.db.
 //   external_batch batch DIR    Run 2, the nightly batch system: reads the
 //                               pending SN rows, does its work, and calls
-//                               completeServerEvent(SN, fields); the process
-//                               continues and completes.
+//                               completeServerEvent(SN, fields). It defines
+//                               nothing: the fields are checked against the
+//                               declaration the host stored, and the step is
+//                               finished for a host that defines the process.
+//   external_batch resume DIR   Run 3, the host again: define() takes the
+//                               finished instance over and it completes.
 //
-// Between the two runs nothing is in memory: the OS process is gone.
+// Between the runs nothing is in memory: the OS process is gone. A host that
+// runs all the time would take the instance over within its change check
+// (EngineOptions::changeCheckInterval), without a run 3.
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -68,7 +76,7 @@ class JobTable {
   SQLite::Database db_;
 };
 
-// Both runs define the same process: run 2 needs the steps after the wait.
+// The host's process: runs 1 and 3 define it; the batch system does not.
 Process orderExport(JobTable& jobs) {
   Process p("OrderExport", 1);
   p.field("OrderId", Type::String)
@@ -141,14 +149,22 @@ int batch(Engine& engine, JobTable& jobs) {
   auto page = engine.waiting();
   if (page) std::cout << "run 2 (batch system): " << page->steps.size() << " step(s) still wait\n";
   for (InstanceId id = 1; engine.instance(id); ++id) printInstance(engine, id);
+  std::cout << "run 2 (batch system): done; the host moves the finished steps on\n";
   return failures == 0 && !pending.empty() ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+int resume(Engine& engine) {
+  std::cout << "run 3 (host): defined OrderExport again, which took over the finished steps\n";
+  for (InstanceId id = 1; engine.instance(id); ++id) printInstance(engine, id);
+  return EXIT_SUCCESS;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3 || (std::string(argv[1]) != "submit" && std::string(argv[1]) != "batch")) {
-    std::cerr << "usage: external_batch submit|batch DIR\n";
+  const std::string modes[] = {"submit", "batch", "resume"};
+  if (argc != 3 || std::find(std::begin(modes), std::end(modes), argv[1]) == std::end(modes)) {
+    std::cerr << "usage: external_batch submit|batch|resume DIR\n";
     return 2;
   }
   const std::string mode = argv[1];
@@ -162,11 +178,12 @@ int main(int argc, char** argv) {
       return EXIT_FAILURE;
     }
     Engine engine(std::move(*store));
+    if (mode == "batch") return batch(engine, jobs);  // completes serials, defines nothing
     if (auto defined = engine.define(orderExport(jobs)); !defined) {
       std::cerr << "define failed: " << defined.error().toString() << "\n";
       return EXIT_FAILURE;
     }
-    return mode == "submit" ? submit(engine) : batch(engine, jobs);
+    return mode == "submit" ? submit(engine) : resume(engine);
   } catch (const std::exception& e) {  // the host's own SQLite table
     std::cerr << "host database error: " << e.what() << "\n";
     return EXIT_FAILURE;

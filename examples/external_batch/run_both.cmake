@@ -1,8 +1,9 @@
-# Runs external_batch as two separate OS processes, as the README shows:
+# Runs external_batch as three separate OS processes, as the README shows:
 #   cmake -DEXE=<external_batch> -DDIR=<scratch dir> -P run_both.cmake
-# Fails unless run 2 completes the instance with the fields it passed.
+# Fails unless run 2 (which defines nothing) finishes the wait with the fields it
+# passed, and run 3 (the host again) completes the instance with them.
 file(REMOVE_RECURSE "${DIR}")
-foreach(mode IN ITEMS submit batch)
+foreach(mode IN ITEMS submit batch resume)
   execute_process(COMMAND "${EXE}" ${mode} "${DIR}"
     RESULT_VARIABLE result OUTPUT_VARIABLE output ERROR_VARIABLE errors)
   message("${output}${errors}")
@@ -16,10 +17,19 @@ foreach(expected IN ITEMS "is Waiting at step 'QueueForBatch'")
     message(FATAL_ERROR "run 1 did not print: ${expected}")
   endif()
 endforeach()
-foreach(expected IN ITEMS "1 pending job" "Report: order A-17 exported 1284 rows"
-                          "is Completed at step 'Report'.*ExportedRows=1284"
-                          "BatchRun=nightly-1" "0 step\\(s\\) still wait")
+foreach(expected IN ITEMS "1 pending job" "0 step\\(s\\) still wait"
+                          "is Running at step 'QueueForBatch'")
   if(NOT batch_output MATCHES "${expected}")
     message(FATAL_ERROR "run 2 did not print: ${expected}")
+  endif()
+endforeach()
+if(batch_output MATCHES "Report:")
+  message(FATAL_ERROR "run 2 ran the host's step Report, though it defines nothing")
+endif()
+foreach(expected IN ITEMS "Report: order A-17 exported 1284 rows in batch run nightly-1"
+                          "is Completed at step 'Report'.*ExportedRows=1284"
+                          "BatchRun=nightly-1")
+  if(NOT resume_output MATCHES "${expected}")
+    message(FATAL_ERROR "run 3 did not print: ${expected}")
   endif()
 endforeach()

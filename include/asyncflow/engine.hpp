@@ -1,6 +1,7 @@
 // asyncflow: the engine a host embeds.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -48,6 +49,31 @@ struct EngineOptions {
   // (a handler's goTo()) never blocks a caller or a worker forever. Logged at
   // Warning. Default: 1000; 0 is taken as 1.
   std::size_t maxStepsPerDrive = 1000;
+  // Several hosts may share one store (DESIGN.md section 8). A host drives an
+  // instance under a lease that it writes in the same commit that schedules
+  // the run, and renews while a handler runs longer than a third of it; no
+  // other host starts a handler of that instance until the lease expires.
+  // This is also how long a host that died (kill -9, power loss) holds its
+  // instances before a live host takes them over. Default: 30 s; values below
+  // 1 ms are taken as 1 ms. An engine that stops in an orderly way hands its
+  // instances over at once.
+  std::chrono::milliseconds leaseDuration{30000};
+  // A readable name for this host, shown in the lease owner ("web-1/3f9c..."):
+  // the owner is always "<name>/<16 random hex digits>" (just the digits when
+  // empty), drawn from `random` once per engine. Default: empty.
+  std::string ownerName;
+  // How often the timer asks the store whether another process committed
+  // (Store::changeMark; on SQLite a PRAGMA on the read-only connection): then
+  // it reloads the earliest deadline and lease expiry, so deadlines, offered
+  // instances and expired leases of other processes are seen within this
+  // interval. Engines of one process that share one Store object tell each
+  // other at once instead. Default: 250 ms; zero turns the check off (a host
+  // that is alone on its store).
+  std::chrono::milliseconds changeCheckInterval{250};
+  // How far the clocks of the hosts on one store may disagree: another host's
+  // lease counts as expired only this long after its expiry. Default: zero
+  // (hosts on one machine share its clock).
+  std::chrono::milliseconds maxClockSkew{0};
   // Told of every transition. Default: none.
   std::shared_ptr<Listener> listener;
   // Receives log lines (transitions at Info, trouble at Warning and Error).
@@ -138,6 +164,12 @@ class Engine {
   // step, a default of the wrong type, a timeout or heartbeat of zero or less,
   // a cycle of lines that no rule and no async step breaks (naming its steps),
   // or a name and version already defined.
+  // The first define() of a name and version on a store also stores its
+  // declaration (fields, and steps with their heartbeat intervals), so that
+  // hosts that define nothing can complete its serials; a later define() of
+  // that version with other fields or steps, on any host, is InvalidProcess
+  // (give the change a new version). StoreError when storing it failed: then
+  // nothing is defined.
   // Then, if options.recoverOnDefine, recovers that version's instances (see
   // recover()); if that fails the process stays defined and the error is
   // returned, so the host can call recover() again.
@@ -185,7 +217,13 @@ class Engine {
   //   a field undeclared or of the wrong type            InvalidField, naming the field
   //   the store failed (disk full, busy, I/O)            StoreError; the caller may retry
   //   the instance kept changing under the call          Conflict; retry
-  //   its process version is not defined here            ProcessNotDefined; define it, retry
+  //   no host ever defined its process version           ProcessNotDefined
+  //
+  // The engine need not define the run's process version: the fields are then
+  // checked against the declaration stored by the first define() of it, the
+  // completion is recorded, and a host that defines the version moves the
+  // instance on (it is woken through the store: EngineOptions::
+  // changeCheckInterval).
   //
   // Concurrent completions of one serial: exactly one succeeds, the others get
   // AlreadyCompleted.
@@ -246,7 +284,9 @@ class Engine {
   // The instance's status, current step and fields. NotFound for an unknown id.
   [[nodiscard]] Result<InstanceInfo> instance(InstanceId id) const;
 
-  // Lists waiting step runs, filtered by process and step, one page at a time.
+  // Lists waiting step runs, filtered by process and step, one page at a time;
+  // a run the external system finished, waiting for a host that defines its
+  // version, is not listed.
   // InvalidArgument when filter.limit is 0 or above 10,000; StoreError.
   [[nodiscard]] Result<WaitingPage> waiting(const WaitingFilter& filter = {}) const;
 
@@ -254,13 +294,20 @@ class Engine {
   // version: a sync step re-runs (handlers run at least once), an async step's
   // start handler re-runs with the same serial, a completion that was committed
   // before its next steps ran continues. Each re-run sees attempt() one higher.
-  // Instances this engine is driving right now are left alone. Returns how many
-  // instances were re-driven (inline mode: run to their next wait or end; with
-  // workers: queued). Assumes no other engine drives the same instances.
+  // Instances this engine is driving right now, and instances under another
+  // host's live lease, are left alone (the timer takes those over if their
+  // lease expires); an instance offered by a host without its version is
+  // taken as it is. Returns how many Running instances were looked at (inline
+  // mode: run to their next wait or end; with workers: queued).
   [[nodiscard]] Result<std::size_t> recover();
 
   // What the engine holds in memory. Thread-safe; never fails.
   EngineStats stats() const;
+
+  // This host's lease owner id ("<ownerName>/<16 hex digits>", or the digits
+  // alone), as the store records it on the instances this host drives. Fixed
+  // for the engine's life; thread-safe; never fails.
+  const std::string& owner() const;
 
   // Blocks until no continuation is queued or running. Returns at once in
   // inline mode. For tests and orderly shutdown.

@@ -33,7 +33,8 @@ class MemoryStore final : public Store {
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) override;
   Result<std::optional<StartKeyRecord>> findStartKey(std::string_view process,
                                                      std::string_view key) override;
-  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after) override;
+  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after,
+                                                   std::string_view notOwnedBy) override;
   Result<std::vector<ExpiredLease>> listExpiredLeases(const LeaseQuery& query) override;
   Result<ProcessDeclaration> declare(const ProcessDeclaration& declaration) override;
   Result<std::optional<ProcessDeclaration>> loadDeclaration(std::string_view process,

@@ -7,6 +7,7 @@
 // never the engine's.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -224,16 +225,33 @@ struct FieldDeclaration {
   }
 };
 
-// The declared fields of one process version (Store::declare). A version with
-// no fields is declared all the same.
+// One step a process version declares, as the store keeps it so that a host
+// that does not define() the version can still take a heartbeat.
+struct StepDeclaration {
+  std::string name;  // any bytes but empty
+  StepKind kind = StepKind::Sync;
+  // How far a heartbeat moves a waiting run's deadline (the step's heartbeat
+  // interval, else its timeout); none: a heartbeat moves nothing. Not negative.
+  std::optional<std::chrono::microseconds> heartbeat;
+
+  friend bool operator==(const StepDeclaration& a, const StepDeclaration& b) {
+    return a.name == b.name && a.kind == b.kind && a.heartbeat == b.heartbeat;
+  }
+};
+
+// The declared fields and steps of one process version (Store::declare). A
+// version with neither is declared all the same.
 struct ProcessDeclaration {
   std::string process;
   int version = 0;
   // In name order (bytewise), each name once: how a store returns them.
   std::vector<FieldDeclaration> fields;
+  // In name order (bytewise), each name once, as the fields.
+  std::vector<StepDeclaration> steps;
 
   friend bool operator==(const ProcessDeclaration& a, const ProcessDeclaration& b) {
-    return a.process == b.process && a.version == b.version && a.fields == b.fields;
+    return a.process == b.process && a.version == b.version && a.fields == b.fields &&
+           a.steps == b.steps;
   }
 };
 

@@ -66,7 +66,8 @@ struct SqliteOptions {
 // a file database, a second, read-only connection, so it never waits behind a
 // commit's fsync. Every error is a StoreError that leaves the database as it was. Operators can
 // read it with the sqlite3 shell: tables instances, fields, step_runs, history,
-// start_keys, process_versions, process_fields, and the view waiting_steps.
+// start_keys, process_versions, process_fields, process_steps, and the view
+// waiting_steps (the Waiting runs without a completion recorded).
 class SqliteStore final : public Store {
  public:
   // Opens (creating if absent) the database at `path` and migrates its schema to
@@ -97,7 +98,8 @@ class SqliteStore final : public Store {
   Result<std::vector<HistoryEvent>> loadHistory(InstanceId id) override;
   Result<std::optional<StartKeyRecord>> findStartKey(std::string_view process,
                                                      std::string_view key) override;
-  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after) override;
+  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after,
+                                                   std::string_view notOwnedBy) override;
   Result<std::vector<ExpiredLease>> listExpiredLeases(const LeaseQuery& query) override;
   // Written in a transaction of its own on the writing connection, between
   // group commits; the write lock makes it atomic across processes too.

@@ -5,7 +5,7 @@
 // apply(), which takes a batch of change sets and applies each atomically,
 // guarded by the instance's version (optimistic concurrency). Batching is what
 // lets a store commit many transitions with one fsync. The one other write,
-// declare(), stores a process version's declared fields once.
+// declare(), stores a process version's declared fields and steps once.
 //
 // Implementations: MemoryStore (memory_store.hpp) and SqliteStore. A third-party
 // store must pass the store conformance suite.
@@ -129,8 +129,10 @@ class Store {
   // status in the same order. A StoreError means no set of the batch was written.
   [[nodiscard]] virtual Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) = 0;
 
-  // Waiting step runs matching the query: query.limit of them while that many
-  // more match (a shorter page is the last).
+  // Waiting step runs matching the query that have no completion recorded
+  // (hasCompletion false): a Waiting run with one is finished by the external
+  // system and waits only for a host that defines its version to move it on.
+  // query.limit of them while that many more match (a shorter page is the last).
   [[nodiscard]] virtual Result<std::vector<WaitingRow>> listWaiting(const WaitingQuery& query) = 0;
 
   // Ids of instances with status Running of the query's process version: what a
@@ -167,14 +169,18 @@ class Store {
   // Leases are written by apply() as part of the instance header
   // (InstanceRecord::leaseOwner, leaseExpiry); these calls find the ones due.
   // Declarations let a host that does not define() a version check a
-  // completion's fields. changeMark() tells a host that another one (in this
-  // process or another) committed something, without reading any record.
+  // completion's fields and take a heartbeat. changeMark() tells a host that
+  // another one (in this process or another) committed something, without
+  // reading any record.
 
   // The earliest leaseExpiry of a Running instance that is later than `after`
-  // (Timestamp::min(): of any Running instance); empty when there is none.
-  // Instances of any other status are not counted, whatever they carry. The
-  // timer sleeps until it, as until nextDeadline().
-  [[nodiscard]] virtual Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after) = 0;
+  // (Timestamp::min(): of any Running instance) and whose leaseOwner is not
+  // `notOwnedBy` (a host leaves its own leases out; empty: any owner, offers
+  // included); empty when there is none. Instances of any other status are not
+  // counted, whatever they carry. The timer sleeps until it, as until
+  // nextDeadline().
+  [[nodiscard]] virtual Result<std::optional<Timestamp>> nextLeaseExpiry(
+      Timestamp after, std::string_view notOwnedBy) = 0;
 
   // Running instances whose leaseExpiry is at or before query.now (expired and
   // offered leases alike), in (expiry, instance) order after query.after;
@@ -183,17 +189,20 @@ class Store {
       const LeaseQuery& query) = 0;
 
   // Stores `declaration` when (process, version) has none yet, and returns the
-  // declaration stored for it: the given one (its fields in name order), or the
-  // one stored earlier, unchanged, which may differ (the caller compares).
-  // Atomic across hosts: of two concurrent first calls one wins and both return
-  // the winner's. InvalidArgument, writing nothing, for an empty process name,
-  // a version below 1, an empty or repeated field name, or a type that is not a
-  // Type enumerator. Declarations are never changed or removed.
+  // declaration stored for it: the given one (its fields and its steps in name
+  // order), or the one stored earlier, unchanged, which may differ (the caller
+  // compares). Atomic across hosts: of two concurrent first calls one wins and
+  // both return the winner's, fields and steps alike. InvalidArgument, writing
+  // nothing, for an empty process name, a version below 1, an empty or repeated
+  // field or step name, a type that is not a Type enumerator, a kind that is not
+  // a StepKind enumerator, or a negative heartbeat. Declarations are never
+  // changed or removed.
   [[nodiscard]] virtual Result<ProcessDeclaration> declare(
       const ProcessDeclaration& declaration) = 0;
 
-  // The declaration stored for (process, version), its fields in name order;
-  // empty when there is none. The name is compared as exact bytes. Reads only.
+  // The declaration stored for (process, version), its fields and its steps in
+  // name order; empty when there is none. The name is compared as exact bytes.
+  // Reads only.
   [[nodiscard]] virtual Result<std::optional<ProcessDeclaration>> loadDeclaration(
       std::string_view process, int version) = 0;
 
@@ -245,8 +254,9 @@ class StoreWrapper : public Store {
                                                      std::string_view key) override {
     return target_->findStartKey(process, key);
   }
-  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after) override {
-    return target_->nextLeaseExpiry(after);
+  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after,
+                                                   std::string_view notOwnedBy) override {
+    return target_->nextLeaseExpiry(after, notOwnedBy);
   }
   Result<std::vector<ExpiredLease>> listExpiredLeases(const LeaseQuery& query) override {
     return target_->listExpiredLeases(query);

@@ -5,9 +5,9 @@
 namespace asyncflow::detail {
 
 Committer::Committer(Store& store, std::shared_ptr<Listener> listener, LogSink log,
-                     std::function<void(Timestamp)> onDeadline)
+                     std::function<void(Timestamp)> onDeadline, std::function<void()> onShared)
     : store_(store), listener_(std::move(listener)), log_(std::move(log)),
-      onDeadline_(std::move(onDeadline)) {}
+      onDeadline_(std::move(onDeadline)), onShared_(std::move(onShared)) {}
 
 void Committer::log(LogLevel level, std::string_view message) const {
   if (!log_) return;
@@ -22,6 +22,12 @@ Result<ApplyResult> Committer::commit(ChangeSet set) const {
   const bool tell = listener_ || log_;
   std::vector<HistoryEvent> events;
   if (tell) events = set.history;
+  if (set.instance.status != InstanceStatus::Running) {
+    set.instance.leaseOwner.clear();
+    set.instance.leaseExpiry.reset();
+  }
+  const bool offered = set.instance.status == InstanceStatus::Running &&
+                       set.instance.leaseOwner.empty() && set.instance.leaseExpiry.has_value();
   std::optional<Timestamp> deadline;
   for (const StepRunRecord& run : set.stepRuns) {
     if (run.status == StepRunStatus::Waiting && run.deadline) {
@@ -42,6 +48,7 @@ Result<ApplyResult> Committer::commit(ChangeSet set) const {
   const ApplyResult applied = results->front();
   if (applied.status != ApplyStatus::Applied) return applied;
   if (deadline && onDeadline_) onDeadline_(*deadline);
+  if ((deadline || offered) && onShared_) onShared_();
   for (HistoryEvent& event : events) {
     event.instance = applied.instance;
     if (listener_) {

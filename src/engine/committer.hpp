@@ -18,18 +18,22 @@
 namespace asyncflow::detail {
 
 // Commits one change set at a time and fans out what became durable: the
-// listener and the log hear of each history entry, and `onDeadline` of a run
-// that now waits with a deadline (so the timer can wake earlier). Thread-safe
-// as far as the store, listener and log are (each must be).
+// listener and the log hear of each history entry, `onDeadline` of a run that
+// now waits with a deadline (so the timer can wake earlier), and `onShared` of
+// a commit other hosts should look at (a deadline, or an instance offered to
+// any host). Thread-safe as far as the store, listener and log are (each must
+// be).
 class Committer {
  public:
-  // `store` must outlive the committer. `onDeadline` may be empty.
+  // `store` must outlive the committer. `onDeadline` and `onShared` may be empty.
   Committer(Store& store, std::shared_ptr<Listener> listener, LogSink log,
-            std::function<void(Timestamp)> onDeadline);
+            std::function<void(Timestamp)> onDeadline, std::function<void()> onShared = {});
 
-  // Applies `set`. Applied: the fan-out above, then the result (with the id a
-  // new instance got). Conflict: nothing was written, nobody is told. A
-  // StoreError (nothing written) is logged at Warning and returned.
+  // Applies `set`, whose instance carries no lease unless it is Running (the
+  // committer clears it otherwise: Waiting and ended instances hold none).
+  // Applied: the fan-out above, then the result (with the id a new instance
+  // got). Conflict: nothing was written, nobody is told. A StoreError (nothing
+  // written) is logged at Warning and returned.
   Result<ApplyResult> commit(ChangeSet set) const;
 
   // Sends a line to the log sink, if there is one; a throwing sink is ignored.
@@ -40,6 +44,7 @@ class Committer {
   const std::shared_ptr<Listener> listener_;
   const LogSink log_;
   const std::function<void(Timestamp)> onDeadline_;
+  const std::function<void()> onShared_;
 };
 
 // How often a read-modify-write reloads and retries after losing an

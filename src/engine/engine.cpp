@@ -2,38 +2,87 @@
 // see engine_impl.hpp for where each job lives.
 #include "asyncflow/engine.hpp"
 
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdint>
 #include <exception>
 #include <utility>
 
 #include <fmt/format.h>
 
 #include "engine/engine_impl.hpp"
+#include "engine/peers.hpp"
 #include "util/exceptions.hpp"
 
 namespace asyncflow {
+
+namespace {
+
+// "<name>/<16 hex digits>", the digits from `random`; should it fail, from the
+// time and this engine's address (an owner id needs to be unique, not secret).
+std::string ownerIdOf(const std::string& name, RandomSource& random, const void* self) {
+  std::array<std::uint8_t, 8> bytes{};
+  if (!random.fill(bytes.data(), bytes.size())) {
+    const auto mixed =
+        static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+        static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(self));
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+      bytes[i] = static_cast<std::uint8_t>(mixed >> (8 * i));
+    }
+  }
+  std::string digits;
+  for (std::uint8_t byte : bytes) digits += fmt::format("{:02x}", byte);
+  return name.empty() ? digits : name + "/" + digits;
+}
+
+std::chrono::microseconds leaseDurationOf(const EngineOptions& options) {
+  return std::max<std::chrono::microseconds>(options.leaseDuration, std::chrono::milliseconds(1));
+}
+
+}  // namespace
 
 Engine::Impl::Impl(std::shared_ptr<Store> store, EngineOptions options)
     : store_(std::move(store)), options_(std::move(options)),
       clock_(options_.clock ? options_.clock : systemClock()),
       random_(options_.random ? options_.random : osRandom()),
       transitions_(options_.serials, *random_),
-      committer_(*store_, options_.listener, options_.log,
-                 [this](Timestamp deadline) { timer_.noteDeadline(deadline); }),
+      owner_(ownerIdOf(options_.ownerName, *random_, this)),
+      leaseDuration_(leaseDurationOf(options_)),
+      skew_(std::max(options_.maxClockSkew, std::chrono::milliseconds::zero())),
+      keeper_(leaseDuration_), committer_(
+                                   *store_, options_.listener, options_.log,
+                                   [this](Timestamp deadline) { timer_.noteDeadline(deadline); },
+                                   [this] { detail::Peers::tell(store_.get(), &timer_); }),
       workers_(options_.workers, [this](const detail::Continuation& next) { drive(next); }),
       timer_(clock_,
              detail::TimerService::Hooks{
                  [this](Timestamp after) { return store_->nextDeadline(after); },
                  [this](Timestamp now) { return fireDueTimers(now); },
-                 [this](LogLevel level, std::string_view message) { log(level, message); }},
-             options_.timerThread) {}
+                 [this](LogLevel level, std::string_view message) { log(level, message); },
+                 // Another host's lease is due skew_ after its expiry.
+                 [this](Timestamp after) -> Result<std::optional<Timestamp>> {
+                   auto next = store_->nextLeaseExpiry(after - skew_, owner_);
+                   if (!next || !*next) return next;
+                   return std::optional<Timestamp>(**next + skew_);
+                 },
+                 [this](Timestamp now) { return takeOver(now); },
+                 [this] { return store_->changeMark(); }},
+             options_.timerThread, options_.changeCheckInterval) {
+  detail::Peers::join(store_.get(), &timer_);
+}
 
 Engine::Impl::~Impl() {
-  // The timer first: a timer it fires may queue a continuation for the workers.
-  // Drives that are running stop at their next step (shuttingDown_); the
-  // instances stay where their last commit left them, for recovery.
+  // No peer may tell this timer anything once it stops. Then the timer: a
+  // timer it fires may queue a continuation for the workers. Drives that are
+  // running stop at their next step (shuttingDown_) and offer their instance
+  // to any host; the rest stay where their last commit left them.
+  detail::Peers::leave(store_.get(), &timer_);
   shuttingDown_ = true;
   timer_.stop();
   workers_.stop();
+  // Drives that were backing off (their retry was dropped with the timer).
+  for (InstanceId id : backoff_.failing()) releaseLease(id, Release::Expire);
 }
 
 Timestamp Engine::Impl::currentTime() const {
@@ -149,6 +198,8 @@ Result<std::size_t> Engine::runDueTimers() {
 }
 
 EngineStats Engine::stats() const { return impl_->stats(); }
+
+const std::string& Engine::owner() const { return impl_->owner(); }
 
 void Engine::waitIdle() { impl_->waitIdle(); }
 

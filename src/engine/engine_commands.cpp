@@ -26,6 +26,12 @@ using detail::Transitions;
 Result<void> Engine::Impl::define(const Process& process) {
   auto compiled = detail::compileProcess(process);
   if (!compiled) return tl::unexpected(compiled.error());
+  if (registry_.find(process.name(), process.version())) {
+    return fail(Errc::InvalidProcess,
+                fmt::format("process '{}' version {} is already defined",
+                            detail::quoted(process.name()), process.version()));
+  }
+  if (auto declared = declare(**compiled); !declared) return declared;
   if (auto added = registry_.add(*compiled); !added) return added;
   timer_.definitionsChanged();  // its due timers can fire now
   if (!options_.recoverOnDefine) return {};
@@ -39,12 +45,64 @@ Result<void> Engine::Impl::define(const Process& process) {
   return {};
 }
 
+namespace {
+
+// "fields A:Int64, B:String; steps Wait:Async" for a refusal's message.
+std::string describe(const ProcessDeclaration& declaration) {
+  std::string fields;
+  for (const FieldDeclaration& field : declaration.fields) {
+    if (!fields.empty()) fields += ", ";
+    fields += fmt::format("{}:{}", detail::quoted(field.name), typeName(field.type));
+  }
+  std::string steps;
+  for (const StepDeclaration& step : declaration.steps) {
+    if (!steps.empty()) steps += ", ";
+    steps += fmt::format("{}:{}", detail::quoted(step.name),
+                         step.kind == StepKind::Async ? "Async" : "Sync");
+    if (step.heartbeat) steps += fmt::format("/{}us", step.heartbeat->count());
+  }
+  return fmt::format("fields [{}], steps [{}]", fields, steps);
+}
+
+}  // namespace
+
+Result<void> Engine::Impl::declare(const detail::CompiledProcess& process) {
+  const ProcessDeclaration mine = detail::declarationOf(process);
+  auto stored = store_->declare(mine);
+  if (!stored) {
+    return fail(stored.error().code,
+                fmt::format("process '{}' version {} is not defined: storing its declaration "
+                            "failed: {}",
+                            detail::quoted(process.name), process.version, stored.error().message));
+  }
+  if (!(*stored == mine)) {
+    return fail(Errc::InvalidProcess,
+                fmt::format("process '{}' version {} is declared in the store with {}, but this "
+                            "definition has {}; give the changed process a new version",
+                            detail::quoted(process.name), process.version, describe(*stored),
+                            describe(mine)));
+  }
+  return {};
+}
+
+Result<Engine::Impl::DeclaredPtr> Engine::Impl::declaredProcess(const InstanceRecord& record) {
+  if (DeclaredPtr kept = registry_.findDeclared(record.process, record.processVersion)) {
+    return kept;
+  }
+  auto stored = store_->loadDeclaration(record.process, record.processVersion);
+  if (!stored) return tl::unexpected(stored.error());
+  if (!*stored) return notDefined(record);
+  return registry_.keepDeclared(
+      std::make_shared<const detail::DeclaredProcess>(detail::declaredProcessOf(**stored)));
+}
+
 Result<ApplyResult> Engine::Impl::create(const detail::CompiledProcess& process,
                                          const Fields& fields, std::optional<StartKey> key) {
   auto given = process.checkFields(fields);
   if (!given) return tl::unexpected(given.error());
   auto set = transitions_.start(process, *given, currentTime(), std::move(key));
   if (!set) return tl::unexpected(set.error());
+  lease(*set);
   auto applied = committer_.commit(std::move(*set));
   if (!applied) return tl::unexpected(applied.error());
   if (applied->status == ApplyStatus::Applied) {
@@ -152,28 +210,51 @@ Result<void> Engine::Impl::applyEventBySerial(std::string_view serial, ServerEve
   return applyEvent(RunSelector{{parts->instance, parts->run}, parts->secret, std::nullopt}, event);
 }
 
+// On a host that defines the version, the event applies in full and the
+// instance moves on here. On one that does not, the fields are checked against
+// the stored declaration and the event is recorded; a completed or failed
+// Waiting run leaves the instance offered to a host that defines it.
 Result<void> Engine::Impl::applyEvent(const RunSelector& selector, const ServerEvent& event) {
   bool moveOn = false;
   auto applied = retryOnConflict(
       detail::Subject{selector.key.instance, selector.key.run}, [&]() -> Attempt<Done> {
         auto open = openRun(selector, event.kind);
         if (!open) return tl::unexpected(open.error());
-        if (!open->process) return notDefined(open->snapshot.record);
-        auto valid = open->process->checkFields(event.fields);
+        DeclaredPtr declared;
+        if (!open->process) {
+          auto found = declaredProcess(open->snapshot.record);
+          if (!found) return tl::unexpected(found.error());
+          declared = std::move(*found);
+        }
+        auto valid = open->process ? open->process->checkFields(event.fields)
+                                   : declared->checkFields(event.fields);
         if (!valid) return tl::unexpected(valid.error());
         ServerEvent checked;
         checked.kind = event.kind;
         checked.fields = std::move(*valid);
         checked.reason = event.reason;
         const bool waiting = open->run.status == StepRunStatus::Waiting;
-        auto set = transitions_.applyEvent(*open->process, open->snapshot, std::move(open->run),
-                                           std::move(checked), currentTime());
+        const Timestamp now = currentTime();
+        Result<ChangeSet> set;
+        if (open->process) {
+          set = transitions_.applyEvent(*open->process, open->snapshot, std::move(open->run),
+                                        std::move(checked), now);
+        } else {
+          auto interval = declared->heartbeats.find(open->run.step);
+          set = Transitions::recordEvent(
+              open->snapshot, std::move(open->run), std::move(checked),
+              interval == declared->heartbeats.end() ? std::nullopt : interval->second, now);
+        }
         if (!set) return tl::unexpected(set.error());
-        const bool running = set->instance.status == InstanceStatus::Running;
+        // A closed Waiting run schedules the next one: this host runs it, or
+        // (not defined here) any host that defines the version.
+        const bool running = waiting && set->instance.status == InstanceStatus::Running;
+        if (running && open->process) lease(*set);
+        if (running && !open->process) Transitions::offerLease(*set, now);
         auto committed = committer_.commit(std::move(*set));
         if (!committed) return tl::unexpected(committed.error());
         if (committed->status == ApplyStatus::Conflict) return kLostRace;
-        moveOn = waiting && running;
+        moveOn = running && open->process;
         return Done{};
       });
   if (applied && moveOn) continueInstance(selector.key.instance, Drive::Continue);
@@ -239,6 +320,7 @@ Result<void> Engine::Impl::retry(InstanceId id) {
     if (!run) return tl::unexpected(run.error());
     auto set = transitions_.retry(*process, *snapshot, *run, currentTime());
     if (!set) return tl::unexpected(set.error());
+    lease(*set);
     auto committed = committer_.commit(std::move(*set));
     if (!committed) return tl::unexpected(committed.error());
     if (committed->status == ApplyStatus::Conflict) return kLostRace;
@@ -260,6 +342,10 @@ Result<std::size_t> Engine::Impl::recover() {
 
 Result<std::size_t> Engine::Impl::runDueTimers() {
   const Timestamp now = currentTime();
+  // Leases first: listing them writes nothing, so a failure there is a
+  // StoreError with nothing changed.
+  const detail::TimerPass leases = takeOver(now);
+  if (leases.failure) return tl::unexpected(*leases.failure);
   const detail::TimerPass pass = fireDueTimers(now);
   timer_.runDueTasks(now);
   // Tell the caller the store failed (those timers stay due), not "none fired".
@@ -328,6 +414,7 @@ Result<bool> Engine::Impl::fireTimer(const DueRun& timer, Timestamp now) {
         if (!process) return notDefined(snapshot->record);
         auto set = transitions_.timeOut(*process, *snapshot, std::move(*run), now);
         if (!set) return tl::unexpected(set.error());
+        lease(*set);
         const bool running = set->instance.status == InstanceStatus::Running;
         auto committed = committer_.commit(std::move(*set));
         if (!committed) return tl::unexpected(committed.error());

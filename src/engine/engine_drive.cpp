@@ -17,6 +17,7 @@ namespace asyncflow {
 
 using detail::Attempt;
 using detail::Continuation;
+using detail::Done;
 using detail::Drive;
 using detail::kLostRace;
 using detail::retryOnConflict;
@@ -65,6 +66,7 @@ void Engine::Impl::drive(const Continuation& next) {
     try {
       for (;;) {
         if (shuttingDown_) {
+          releaseLease(id, recovering ? Release::Expire : Release::Offer);
           gate_.leave(id);
           return;
         }
@@ -104,9 +106,15 @@ void Engine::Impl::drive(const Continuation& next) {
 }
 
 // Runs the instance's current step once and commits the result. `recovering`
-// is read (the handler may have run: count a new attempt first) and left true
-// when a failure means the next try must count one too. `trouble` says why on
-// Progress::Failed.
+// is read (this host's handler may have run: count a new attempt first) and
+// left true when a failure means the next try must count one too. `trouble`
+// says why on Progress::Failed.
+//
+// Leases (DESIGN.md section 8): an instance under another host's live lease is
+// left alone. One whose lease expired, or that has none (written before
+// leases), may have had its handler run by a host that died: it restarts with
+// attempt+1 under this host's lease. An offered one (a host without the
+// version finished its wait, or a host stopped in order) is taken as it is.
 Engine::Impl::Progress Engine::Impl::stepOnce(InstanceId id, bool& recovering,
                                               std::string& trouble) {
   const bool recover = recovering;
@@ -118,6 +126,11 @@ Engine::Impl::Progress Engine::Impl::stepOnce(InstanceId id, bool& recovering,
     return Progress::Failed;
   }
   if (snapshot->record.status != InstanceStatus::Running) return Progress::Stop;
+  const Timestamp now = currentTime();
+  const bool mine = snapshot->record.leaseOwner == owner_;
+  const detail::LeaseState leased =
+      detail::leaseStateOf(snapshot->record, mine ? now : now - skew_);
+  if (leased == detail::LeaseState::Live && !mine) return Progress::Stop;
   const auto openRun = detail::openRunOf(snapshot->record);
   if (!openRun) return Progress::Stop;
   auto run = store_->loadStepRun(id, *openRun);
@@ -126,10 +139,16 @@ Engine::Impl::Progress Engine::Impl::stepOnce(InstanceId id, bool& recovering,
     trouble = run.error().toString();
     return Progress::Failed;
   }
+  ProcessPtr process = registry_.find(snapshot->record.process, snapshot->record.processVersion);
+  if (auto recorded = Transitions::recordedDecision(*run)) {
+    // The external system finished this wait through a host without the
+    // version: close it here, under this host's lease.
+    if (!process) return Progress::Stop;
+    return commitDecision(*process, std::move(*snapshot), std::move(*run), *recorded, trouble);
+  }
   if (run->status != StepRunStatus::Ready && run->status != StepRunStatus::Starting) {
     return Progress::Stop;
   }
-  ProcessPtr process = registry_.find(snapshot->record.process, snapshot->record.processVersion);
   if (!process) {
     log(LogLevel::Warning, notDefined(snapshot->record).value().message);
     return Progress::Stop;  // it waits for a define() of its version, which recovers it
@@ -140,15 +159,26 @@ Engine::Impl::Progress Engine::Impl::stepOnce(InstanceId id, bool& recovering,
     return Progress::Stop;
   }
 
-  if (recover || run->status == StepRunStatus::Ready) {
+  // Whether the handler may have run before: here (a failed commit, an
+  // explicit recovery) or on a host whose lease expired.
+  const bool rerun = run->status == StepRunStatus::Ready ||
+                     (mine ? recover : leased != detail::LeaseState::Offered);
+  // Whether this host must (re)write its lease before the handler starts: it is
+  // another host's, or less than two thirds of it is left (the instance waited
+  // in a queue).
+  const bool stale = !snapshot->record.leaseExpiry ||
+                     *snapshot->record.leaseExpiry - now < leaseDuration_ - leaseDuration_ / 3;
+  if (rerun || !mine || stale) {
     // The handler may have run before a crash: count this as a new attempt,
-    // durably, before running it again.
-    auto set = Transitions::restartAfterCrash(*snapshot, *run, currentTime());
+    // durably, before running it again. Or only take the lease.
+    Result<ChangeSet> set = rerun ? Transitions::restartAfterCrash(*snapshot, *run, now)
+                                  : Transitions::guardedUpdate(*snapshot, now);
     if (!set) {
       trouble = set.error().toString();
       return Progress::Failed;
     }
-    StepRunRecord restarted = set->stepRuns.front();
+    lease(*set);
+    StepRunRecord restarted = rerun ? set->stepRuns.front() : *run;
     InstanceRecord header = set->instance;
     auto applied = committer_.commit(std::move(*set));
     if (!applied) {
@@ -157,8 +187,9 @@ Engine::Impl::Progress Engine::Impl::stepOnce(InstanceId id, bool& recovering,
       return Progress::Failed;
     }
     if (applied->status == ApplyStatus::Conflict) {
-      // Changed meanwhile (say, an early completion): look again, still
-      // recovering, so the handler never re-runs with the crashed attempt().
+      // Changed meanwhile (say, an early completion, or another host took
+      // it): look again, still recovering, so the handler never re-runs with
+      // the crashed attempt().
       recovering = recover;
       return Progress::Again;
     }
@@ -167,6 +198,15 @@ Engine::Impl::Progress Engine::Impl::stepOnce(InstanceId id, bool& recovering,
     *run = std::move(restarted);
   }
 
+  // In flight until its decision is committed: renewed if it runs long.
+  struct InFlight {
+    Impl& engine;
+    InstanceId id;
+    ~InFlight() {
+      if (const std::uint64_t sweep = engine.keeper_.end(id)) engine.timer_.cancel(sweep);
+    }
+  } inFlight{*this, id};
+  if (keeper_.begin(id, snapshot->record.leaseExpiry.value_or(now))) scheduleRenewal();
   const detail::Decision decision = detail::runHandler(*process, **step, *snapshot, *run);
   const Progress result =
       commitDecision(*process, std::move(*snapshot), std::move(*run), decision, trouble);
@@ -188,6 +228,7 @@ Engine::Impl::Progress Engine::Impl::commitDecision(const detail::CompiledProces
   auto committed = retryOnConflict(detail::Subject{id, runId}, [&]() -> Attempt<Progress> {
     auto set = transitions_.close(process, snapshot, run, decision, currentTime());
     if (!set) return tl::unexpected(set.error());
+    lease(*set);
     const bool running = set->instance.status == InstanceStatus::Running;
     auto applied = committer_.commit(std::move(*set));
     if (!applied) return tl::unexpected(applied.error());
@@ -198,10 +239,16 @@ Engine::Impl::Progress Engine::Impl::commitDecision(const detail::CompiledProces
     if (!newer) return tl::unexpected(newer.error());
     if (newer->record.status != InstanceStatus::Running)
       return std::optional<Progress>(Progress::Stop);
+    if (newer->record.leaseOwner != owner_ &&
+        detail::leaseStateOf(newer->record, currentTime() - skew_) == detail::LeaseState::Live) {
+      return std::optional<Progress>(Progress::Stop);  // another host took it over
+    }
     auto newerRun = store_->loadStepRun(id, runId);
     if (!newerRun) return tl::unexpected(newerRun.error());
-    if (newerRun->attempt != attempt ||
-        (newerRun->status != StepRunStatus::Ready && newerRun->status != StepRunStatus::Starting)) {
+    const bool closing = run.status == StepRunStatus::Waiting;  // a recorded completion
+    if (newerRun->attempt != attempt || newerRun->status != run.status ||
+        (!closing && newerRun->status != StepRunStatus::Ready &&
+         newerRun->status != StepRunStatus::Starting)) {
       return std::optional<Progress>(
           Progress::Again);  // someone else moved this run on; look again
     }
@@ -214,6 +261,100 @@ Engine::Impl::Progress Engine::Impl::commitDecision(const detail::CompiledProces
     return Progress::Failed;
   }
   return *committed;
+}
+
+void Engine::Impl::lease(ChangeSet& set) const {
+  Transitions::takeLease(set, owner_, currentTime() + leaseDuration_);
+}
+
+// Every lease expired (or offered) at `now`, page by page, to a drive of this
+// host when it defines the version; a drive that finds it live again (renewed,
+// or taken by another host meanwhile) leaves it.
+detail::TimerPass Engine::Impl::takeOver(Timestamp now) {
+  detail::TimerPass pass;
+  LeaseQuery query;
+  query.now = now - skew_;
+  for (;;) {
+    auto expired = store_->listExpiredLeases(query);
+    if (!expired) {
+      pass.failure = expired.error();
+      return pass;
+    }
+    for (const ExpiredLease& lease : *expired) {
+      if (!registry_.find(lease.process, lease.processVersion)) {
+        ++pass.notFired;  // it waits for a host that defines it
+        continue;
+      }
+      ++pass.fired;
+      continueInstance(lease.instance, Drive::Recover);
+    }
+    if (expired->size() < query.limit) return pass;
+    query.after = expired->back().cursor();
+  }
+}
+
+void Engine::Impl::scheduleRenewal() {
+  keeper_.sweepScheduled(
+      timer_.runAt(currentTime() + keeper_.sweepInterval(), [this] { renewLeases(); }));
+}
+
+void Engine::Impl::renewLeases() {
+  for (InstanceId id : keeper_.due(currentTime())) {
+    auto renewed = renewLease(id);
+    if (!renewed) {
+      log(LogLevel::Warning, fmt::format("instance {}: renewing its lease failed: {}", id,
+                                         renewed.error().toString()));
+    } else if (*renewed) {
+      keeper_.renewed(id, **renewed);
+    }
+  }
+  if (keeper_.sweepAgain()) scheduleRenewal();
+}
+
+Result<std::optional<Timestamp>> Engine::Impl::renewLease(InstanceId id) {
+  return retryOnConflict(detail::Subject{id}, [&]() -> Attempt<std::optional<Timestamp>> {
+    auto snapshot = store_->loadInstance(id);
+    if (!snapshot) return tl::unexpected(snapshot.error());
+    if (snapshot->record.status != InstanceStatus::Running ||
+        snapshot->record.leaseOwner != owner_) {
+      return std::optional<std::optional<Timestamp>>(std::optional<Timestamp>());
+    }
+    ChangeSet set = Transitions::guardedUpdate(*snapshot, currentTime());
+    lease(set);
+    const std::optional<Timestamp> expiry = set.instance.leaseExpiry;
+    auto committed = committer_.commit(std::move(set));
+    if (!committed) return tl::unexpected(committed.error());
+    if (committed->status == ApplyStatus::Conflict) return kLostRace;
+    return std::optional<std::optional<Timestamp>>(expiry);
+  });
+}
+
+// Best effort: should it fail, the lease expires and another host takes the
+// instance over then, with attempt+1.
+void Engine::Impl::releaseLease(InstanceId id, Release how) {
+  auto released = retryOnConflict(detail::Subject{id}, [&]() -> Attempt<Done> {
+    auto snapshot = store_->loadInstance(id);
+    if (!snapshot) return tl::unexpected(snapshot.error());
+    if (snapshot->record.status != InstanceStatus::Running ||
+        snapshot->record.leaseOwner != owner_) {
+      return Done{};
+    }
+    const Timestamp now = currentTime();
+    ChangeSet set = Transitions::guardedUpdate(*snapshot, now);
+    if (how == Release::Offer) {
+      Transitions::offerLease(set, now);
+    } else {
+      Transitions::takeLease(set, owner_, now);
+    }
+    auto committed = committer_.commit(std::move(set));
+    if (!committed) return tl::unexpected(committed.error());
+    if (committed->status == ApplyStatus::Conflict) return kLostRace;
+    return Done{};
+  });
+  if (!released) {
+    log(LogLevel::Warning, fmt::format("instance {}: could not hand it over on stopping: {}", id,
+                                       released.error().toString()));
+  }
 }
 
 }  // namespace asyncflow

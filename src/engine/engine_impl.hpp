@@ -10,6 +10,14 @@
 //   WorkerPool       continuations on workers or inline      worker_pool.hpp
 //   TimerService     deadlines and delayed drives            timer_service.hpp
 //   runHandler       a handler's outcome as a Decision       handler_runner.hpp
+//   LeaseKeeper      handlers in flight, for lease renewal   lease_keeper.hpp
+//   Peers            engines of this process on one store    peers.hpp
+//
+// Several hosts share a store (DESIGN.md section 8): every commit that leaves
+// an instance Running for this host to drive carries this host's lease
+// (Transitions::takeLease); a drive leaves an instance alone while another
+// host's lease is live, and takes over an expired one; the timer hands expired
+// and offered leases to drives (takeOver).
 //
 // The methods are split by concern: engine.cpp (construction, the facade),
 // engine_commands.cpp (what changes instances), engine_queries.cpp (what
@@ -17,6 +25,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -28,6 +37,7 @@
 #include "engine/committer.hpp"
 #include "engine/continuation.hpp"
 #include "engine/instance_gate.hpp"
+#include "engine/lease_keeper.hpp"
 #include "engine/process_registry.hpp"
 #include "engine/timer_service.hpp"
 #include "engine/worker_pool.hpp"
@@ -62,6 +72,7 @@ class Engine::Impl {
   Result<InstanceInfo> instance(InstanceId id) const;
   EngineStats stats() const;
   void waitIdle();
+  const std::string& owner() const { return owner_; }
 
  private:
   using ProcessPtr = detail::ProcessRegistry::ProcessPtr;
@@ -75,12 +86,13 @@ class Engine::Impl {
   };
 
   // What a server event acts on: the instance, the run, and its process
-  // version (null when only reading and the version is not defined here).
+  // version (null when the version is not defined here).
   struct OpenRun {
     InstanceSnapshot snapshot;
     StepRunRecord run;
     ProcessPtr process;
   };
+  using DeclaredPtr = detail::ProcessRegistry::DeclaredPtr;
 
   // What stepOnce() found.
   enum class Progress {
@@ -100,6 +112,31 @@ class Engine::Impl {
   Result<void> applyEvent(const RunSelector& selector, const detail::ServerEvent& event);
   Result<bool> fireTimer(const DueRun& timer, Timestamp now);
   detail::TimerPass fireDueTimers(Timestamp now);
+  // The stored declaration of a version not defined here (read once, then
+  // kept); ProcessNotDefined when no host ever defined it.
+  Result<DeclaredPtr> declaredProcess(const InstanceRecord& record);
+  // Stores the declaration of `process` (the first one wins) and refuses a
+  // version declared with other fields or steps by another host.
+  Result<void> declare(const detail::CompiledProcess& process);
+
+  // --- leases (engine_drive.cpp) ---
+  // Writes this host's lease into `set` (cleared unless it stays Running).
+  void lease(ChangeSet& set) const;
+  // Hands every expired or offered lease of a version defined here to a drive.
+  detail::TimerPass takeOver(Timestamp now);
+  // Renews the leases of handlers running longer than a third of the lease,
+  // and schedules the next sweep while any runs.
+  void renewLeases();
+  void scheduleRenewal();
+  // Commits a renewal of the lease of `id` while this host holds it; the new
+  // expiry, or none when the lease is no longer this host's.
+  Result<std::optional<Timestamp>> renewLease(InstanceId id);
+  // On an orderly stop, hands an instance this host holds to any host:
+  // offered when its next handler has not begun; expired now when it may have
+  // run (a drive backing off after a failed commit), so that the next host
+  // counts a new attempt.
+  enum class Release { Offer, Expire };
+  void releaseLease(InstanceId id, Release how);
 
   // --- driving (engine_drive.cpp) ---
   Result<std::size_t> recoverProcess(const detail::CompiledProcess& process);
@@ -130,11 +167,17 @@ class Engine::Impl {
   const std::shared_ptr<Clock> clock_;
   const std::shared_ptr<RandomSource> random_;
   const detail::Transitions transitions_;
+  // This host's lease owner id, and how long a lease it writes lasts.
+  const std::string owner_;
+  const std::chrono::microseconds leaseDuration_;
+  // Another host's lease is expired for this one only this long after its expiry.
+  const std::chrono::microseconds skew_;
 
   // Thread-safe parts, each guarded by its own lock inside.
   detail::ProcessRegistry registry_;
   detail::InstanceGate gate_;
   detail::DriveBackoff backoff_;
+  detail::LeaseKeeper keeper_;
   // Set by the destructor: drives stop at their next step instead of yielding
   // to a worker, so that shutting down never waits for an endless process.
   std::atomic<bool> shuttingDown_{false};

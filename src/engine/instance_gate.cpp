@@ -49,6 +49,14 @@ void DriveBackoff::succeeded(InstanceId id) {
   count_ = failures_.size();
 }
 
+std::vector<InstanceId> DriveBackoff::failing() const {
+  MutexLock lock(mutex_);
+  std::vector<InstanceId> ids;
+  ids.reserve(failures_.size());
+  for (const auto& [id, count] : failures_) ids.push_back(id);
+  return ids;
+}
+
 std::size_t DriveBackoff::size() const {
   MutexLock lock(mutex_);
   return failures_.size();

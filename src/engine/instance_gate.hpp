@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstddef>
 #include <unordered_map>
+#include <vector>
 
 #include "asyncflow/records.hpp"
 #include "util/mutex.hpp"
@@ -62,6 +63,10 @@ class DriveBackoff {
 
   // How many instances have failures on record.
   std::size_t size() const ASYNCFLOW_EXCLUDES(mutex_);
+
+  // The instances with failures on record (a drive of each waits for its
+  // back-off), in no particular order.
+  std::vector<InstanceId> failing() const ASYNCFLOW_EXCLUDES(mutex_);
 
  private:
   mutable Mutex mutex_;

@@ -40,4 +40,17 @@ std::vector<ProcessRegistry::ProcessPtr> ProcessRegistry::all() const {
   return versions;
 }
 
+ProcessRegistry::DeclaredPtr ProcessRegistry::keepDeclared(DeclaredPtr declared) {
+  WriterLock lock(mutex_);
+  auto kept = declared_.emplace(std::make_pair(declared->name, declared->version), declared);
+  return kept.first->second;
+}
+
+ProcessRegistry::DeclaredPtr ProcessRegistry::findDeclared(std::string_view name,
+                                                           int version) const {
+  ReaderLock lock(mutex_);
+  auto found = declared_.find(std::make_pair(std::string(name), version));
+  return found == declared_.end() ? nullptr : found->second;
+}
+
 }  // namespace asyncflow::detail

@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "asyncflow/error.hpp"
@@ -33,9 +34,21 @@ class ProcessRegistry {
   // Every defined version, by name and then version.
   std::vector<ProcessPtr> all() const ASYNCFLOW_EXCLUDES(mutex_);
 
+  using DeclaredPtr = std::shared_ptr<const DeclaredProcess>;
+
+  // A declaration read from the store for a version not defined here, kept
+  // (declarations never change) so that each is read once; the one kept first
+  // is returned. `declared` must not be null.
+  DeclaredPtr keepDeclared(DeclaredPtr declared) ASYNCFLOW_EXCLUDES(mutex_);
+
+  // The declaration kept for the version, or null.
+  DeclaredPtr findDeclared(std::string_view name, int version) const ASYNCFLOW_EXCLUDES(mutex_);
+
  private:
   mutable SharedMutex mutex_;
   std::map<std::string, std::map<int, ProcessPtr>, std::less<>> processes_
+      ASYNCFLOW_GUARDED_BY(mutex_);
+  std::map<std::pair<std::string, int>, DeclaredPtr, std::less<>> declared_
       ASYNCFLOW_GUARDED_BY(mutex_);
 };
 

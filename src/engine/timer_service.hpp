@@ -37,11 +37,22 @@ struct TimerPass {
 // waiting step, and sleeps on an Alarm of the engine's Clock until then: with a
 // ManualClock, moving the clock wakes it, so tests drive the real thread.
 //
+// Two kinds of store deadline: waiting runs' deadlines (fireDue) and lease
+// expiries (takeOver hands expired and offered leases to drives: DESIGN.md
+// section 8). Each kind is its own source with its own earliest time.
+//
 // It tells "nothing was due" (the deadline it slept for is gone: completed,
 // moved by a heartbeat) from "due, but not defined here": timers of the second
 // kind are skipped (the store is asked for deadlines after the pass's time)
-// until definitionsChanged(), so they never hide later deadlines. A deadline
-// committed while it reloads from the store is kept (noteDeadline), not lost.
+// until definitionsChanged(), so they never hide later deadlines. A lease pass
+// skips through its time whatever it found: what it handed over is the drives'
+// business. A deadline committed while it reloads from the store is kept
+// (noteDeadline), not lost.
+//
+// Other hosts write deadlines and leases too. With Hooks::changeMark it asks
+// the store every `changeCheck` whether anything was committed, and reloads
+// both earliest times when so; storeChanged() does the same at once (an engine
+// of this process on the same store object says so).
 //
 // Besides store deadlines it runs the engine's delayed work in memory (a drive
 // that backs off after a store failure, or yields): runAt(). Those are few and
@@ -63,11 +74,21 @@ class TimerService {
     std::function<TimerPass(Timestamp now)> fireDue;
     // A line for the host's log.
     std::function<void(LogLevel, std::string_view)> log;
+    // The earliest lease expiry later than `after`, and the pass that hands
+    // what expired at `now` to drives (fired: handed over; notFired: its
+    // version is not defined here). Both empty: no lease source.
+    std::function<Result<std::optional<Timestamp>>(Timestamp after)> nextLeaseExpiry;
+    std::function<TimerPass(Timestamp now)> takeOver;
+    // The store's change mark (Store::changeMark). Empty: no change check.
+    std::function<Result<std::uint64_t>()> changeMark;
   };
 
   // Starts the timer thread when `thread` is true. `clock` must not be null;
-  // every hook must be set and must not throw.
-  TimerService(std::shared_ptr<Clock> clock, Hooks hooks, bool thread);
+  // nextDeadline, fireDue and log must be set, and no hook may throw. With
+  // hooks.changeMark and a positive `changeCheck`, the thread asks for the
+  // mark that often.
+  TimerService(std::shared_ptr<Clock> clock, Hooks hooks, bool thread,
+               std::chrono::microseconds changeCheck = std::chrono::microseconds::zero());
   // Stops and joins the thread (stop()).
   ~TimerService();
   TimerService(const TimerService&) = delete;
@@ -77,13 +98,22 @@ class TimerService {
   // than what it sleeps towards, or keeps it for the reload in progress.
   void noteDeadline(Timestamp deadline) ASYNCFLOW_EXCLUDES(mutex_);
 
-  // A process version was defined: timers that could not fire for want of a
-  // definition are tried again, and the earliest deadline is reloaded.
+  // A process version was defined: timers and leases that could not be acted
+  // on for want of a definition are tried again, and both earliest times are
+  // reloaded.
   void definitionsChanged() ASYNCFLOW_EXCLUDES(mutex_);
+
+  // Another host committed (a deadline, an offered or released lease): both
+  // earliest times are reloaded, and skipped leases are looked at again.
+  void storeChanged() ASYNCFLOW_EXCLUDES(mutex_);
 
   // Runs `task` on the timer's thread (or in runDueTasks()) once the clock
   // reads `when` or later. Dropped after stop(). `task` must not throw.
-  void runAt(Timestamp when, std::function<void()> task) ASYNCFLOW_EXCLUDES(mutex_);
+  // Returns a token for cancel() (0 when dropped).
+  std::uint64_t runAt(Timestamp when, std::function<void()> task) ASYNCFLOW_EXCLUDES(mutex_);
+
+  // Drops the task of `token` unless it ran or is running. True when dropped.
+  bool cancel(std::uint64_t token) ASYNCFLOW_EXCLUDES(mutex_);
 
   // Runs the tasks due at `now`, in time order; for hosts without the thread.
   // Returns how many ran.
@@ -96,6 +126,20 @@ class TimerService {
   void stop() ASYNCFLOW_EXCLUDES(mutex_);
 
  private:
+  // One kind of store deadline and what the timer knows of it.
+  struct Source {
+    // The earliest time worth waking for, when known (none: there is none).
+    // Not known means "reload it from the store".
+    bool known = false;
+    std::optional<Timestamp> next;
+    // Deadlines noted since the current reload began, folded in when it ends.
+    std::optional<Timestamp> noted;
+    // Due entries at or before this time are skipped: the reload asks for
+    // times after it.
+    std::optional<Timestamp> skipThrough;
+  };
+  enum SourceIndex : std::size_t { kTimers = 0, kLeases = 1 };
+
   void loop() ASYNCFLOW_EXCLUDES(mutex_);
   // Ends the thread's sleep, if there is a thread.
   void wakeThread();
@@ -103,30 +147,38 @@ class TimerService {
   std::optional<Timestamp> wakeTime(Timestamp now) const ASYNCFLOW_REQUIRES(mutex_);
   // Pops the tasks due at `now`.
   std::vector<std::function<void()>> takeDueTasks(Timestamp now) ASYNCFLOW_REQUIRES(mutex_);
+  // Reloads or fires source `index` when it has work at `now`; false when it
+  // had none. Called with mutex_ held; releases it around store calls and
+  // passes, and holds it again on return.
+  bool turn(std::size_t index, Timestamp now) ASYNCFLOW_REQUIRES(mutex_);
+  // Asks the store for its change mark when the check is due (mutex_ as turn()).
+  bool checkChanges(Timestamp now) ASYNCFLOW_REQUIRES(mutex_);
+  std::size_t sourceCount() const { return hooks_.takeOver ? 2 : 1; }
 
   // Constant after construction.
   const std::shared_ptr<Clock> clock_;
   const Hooks hooks_;
+  const std::chrono::microseconds changeCheck_;
   // The thread sleeps on it, anyone wakes it; null without a thread (so that a
   // host without one leaves no alarm on a ManualClock).
   const std::unique_ptr<Alarm> alarm_;
 
   mutable Mutex mutex_;
-  // The earliest store deadline worth waking for, when known_ (none: no
-  // deadline at all). Not known_ means "reload it from the store".
-  bool known_ ASYNCFLOW_GUARDED_BY(mutex_) = false;
-  std::optional<Timestamp> next_ ASYNCFLOW_GUARDED_BY(mutex_);
-  // Deadlines noted since the current reload began, folded in when it ends.
-  std::optional<Timestamp> noted_ ASYNCFLOW_GUARDED_BY(mutex_);
-  // Due timers at or before this time could not fire (not defined here); the
-  // reload asks for deadlines after it. Cleared by definitionsChanged().
-  std::optional<Timestamp> skipThrough_ ASYNCFLOW_GUARDED_BY(mutex_);
+  Source sources_[2] ASYNCFLOW_GUARDED_BY(mutex_);
   // After a store failure: no store work before this time.
   std::optional<Timestamp> storeBlockedUntil_ ASYNCFLOW_GUARDED_BY(mutex_);
-  // Bumped by definitionsChanged(): a reload or pass that began before it must
-  // not mark timers as skipped, nor the deadline as known.
+  // Bumped by definitionsChanged() and storeChanged(): a reload or pass that
+  // began before it must not mark entries as skipped, nor a time as known.
   std::uint64_t definitions_ ASYNCFLOW_GUARDED_BY(mutex_) = 0;
-  std::multimap<Timestamp, std::function<void()>> tasks_ ASYNCFLOW_GUARDED_BY(mutex_);
+  // The change check: when it is due next, and the mark it last read.
+  std::optional<Timestamp> nextCheck_ ASYNCFLOW_GUARDED_BY(mutex_);
+  std::optional<std::uint64_t> mark_ ASYNCFLOW_GUARDED_BY(mutex_);
+  struct Task {
+    std::uint64_t token = 0;
+    std::function<void()> run;
+  };
+  std::multimap<Timestamp, Task> tasks_ ASYNCFLOW_GUARDED_BY(mutex_);
+  std::uint64_t lastToken_ ASYNCFLOW_GUARDED_BY(mutex_) = 0;
   bool stopping_ ASYNCFLOW_GUARDED_BY(mutex_) = false;
 
   // Started in the constructor, joined by stop().

@@ -12,13 +12,16 @@
 
 namespace asyncflow::detail {
 
-Result<Fields> CompiledProcess::checkFields(const Fields& fields) const {
+namespace {
+
+Result<Fields> checkAgainst(const std::unordered_map<std::string, Type>& fieldTypes,
+                            std::string_view process, const Fields& fields) {
   Fields checked;
   for (const auto& [name, value] : fields) {
     auto declared = fieldTypes.find(name);
     if (declared == fieldTypes.end()) {
-      return fail(Errc::InvalidField, fmt::format("field '{}' is not declared by process '{}'",
-                                                  quoted(name), this->name));
+      return fail(Errc::InvalidField,
+                  fmt::format("field '{}' is not declared by process '{}'", quoted(name), process));
     }
     const Type type = declared->second;
     if (value.type() == Type::Double && std::isnan(*value.as<double>())) {
@@ -37,6 +40,52 @@ Result<Fields> CompiledProcess::checkFields(const Fields& fields) const {
     }
   }
   return checked;
+}
+
+}  // namespace
+
+Result<Fields> CompiledProcess::checkFields(const Fields& fields) const {
+  return checkAgainst(fieldTypes, name, fields);
+}
+
+Result<Fields> DeclaredProcess::checkFields(const Fields& fields) const {
+  return checkAgainst(fieldTypes, name, fields);
+}
+
+ProcessDeclaration declarationOf(const CompiledProcess& process) {
+  ProcessDeclaration declaration;
+  declaration.process = process.name;
+  declaration.version = process.version;
+  for (const auto& [name, type] : process.fieldTypes) {
+    declaration.fields.push_back(FieldDeclaration{name, type});
+  }
+  std::sort(declaration.fields.begin(), declaration.fields.end(),
+            [](const FieldDeclaration& a, const FieldDeclaration& b) { return a.name < b.name; });
+  for (const CompiledStep& step : process.steps) {
+    StepDeclaration declared;
+    declared.name = step.name;
+    declared.kind = step.kind;
+    if (const auto interval = step.heartbeat ? step.heartbeat : step.timeout) {
+      declared.heartbeat = std::chrono::duration_cast<std::chrono::microseconds>(*interval);
+    }
+    declaration.steps.push_back(std::move(declared));
+  }
+  std::sort(declaration.steps.begin(), declaration.steps.end(),
+            [](const StepDeclaration& a, const StepDeclaration& b) { return a.name < b.name; });
+  return declaration;
+}
+
+DeclaredProcess declaredProcessOf(const ProcessDeclaration& declaration) {
+  DeclaredProcess declared;
+  declared.name = declaration.process;
+  declared.version = declaration.version;
+  for (const FieldDeclaration& field : declaration.fields) {
+    declared.fieldTypes.emplace(field.name, field.type);
+  }
+  for (const StepDeclaration& step : declaration.steps) {
+    declared.heartbeats.emplace(step.name, step.heartbeat);
+  }
+  return declared;
 }
 
 Route CompiledProcess::routeAfter(std::size_t from, const Fields& fields) const {

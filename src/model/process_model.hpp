@@ -67,6 +67,28 @@ struct CompiledProcess {
   Route routeAfter(std::size_t from, const Fields& fields) const;
 };
 
+// What a host that does not define a process version knows of it (DESIGN.md
+// section 8): the declaration the store keeps, indexed for the checks of a
+// completion, a failure and a heartbeat.
+struct DeclaredProcess {
+  std::string name;
+  int version = 0;
+  std::unordered_map<std::string, Type> fieldTypes;
+  // By step name: how far a heartbeat moves a waiting run's deadline (none:
+  // it moves nothing).
+  std::unordered_map<std::string, std::optional<std::chrono::microseconds>> heartbeats;
+
+  // As CompiledProcess::checkFields.
+  Result<Fields> checkFields(const Fields& fields) const;
+};
+
+// The declaration define() stores for `process`: its fields, and its steps with
+// their kinds and heartbeat intervals (the heartbeat's, else the timeout).
+ProcessDeclaration declarationOf(const CompiledProcess& process);
+
+// `declaration` indexed. Never fails but for allocation.
+DeclaredProcess declaredProcessOf(const ProcessDeclaration& declaration);
+
 // Validates and indexes a Process. InvalidProcess with the reason when it has no
 // steps, an empty or duplicate step or field name, a Null-typed field, a default
 // of the wrong type, a step without a handler, a line, error line or escalation

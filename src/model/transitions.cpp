@@ -46,6 +46,9 @@ bool isOpen(StepRunStatus status) noexcept {
          status == StepRunStatus::Waiting;
 }
 
+// A failure's reason when the external system gave none.
+constexpr const char* kExternalFailure = "the external system reported a failure";
+
 // The serial's ids, for messages: a secret never appears in one.
 std::string idsOf(const StepRunRecord& run) { return formatSerial(run.instance, run.run, {}); }
 
@@ -97,6 +100,12 @@ std::string correlationKeyOf(const Value& value) {
       value.variant());
 }
 
+LeaseState leaseStateOf(const InstanceRecord& record, Timestamp now) noexcept {
+  if (record.status != InstanceStatus::Running || !record.leaseExpiry) return LeaseState::None;
+  if (record.leaseOwner.empty()) return LeaseState::Offered;
+  return *record.leaseExpiry > now ? LeaseState::Live : LeaseState::Expired;
+}
+
 std::optional<std::int64_t> openRunOf(const InstanceRecord& record) noexcept {
   const bool live =
       record.status == InstanceStatus::Running || record.status == InstanceStatus::Waiting;
@@ -122,6 +131,18 @@ ChangeSet Transitions::guardedUpdate(const InstanceSnapshot& snapshot, Timestamp
   set.instance.updatedAt = now;
   return set;
 }
+
+void Transitions::takeLease(ChangeSet& set, std::string_view owner, Timestamp expiry) {
+  if (set.instance.status != InstanceStatus::Running) {
+    set.instance.leaseOwner.clear();
+    set.instance.leaseExpiry.reset();
+    return;
+  }
+  set.instance.leaseOwner = std::string(owner);
+  set.instance.leaseExpiry = expiry;
+}
+
+void Transitions::offerLease(ChangeSet& set, Timestamp now) { takeLease(set, {}, now); }
 
 // (none) --start--> Running, first step Starting.
 Result<ChangeSet> Transitions::start(const CompiledProcess& process, const Fields& fields,
@@ -294,7 +315,8 @@ Result<ChangeSet> Transitions::close(const CompiledProcess& process,
 }
 
 bool Transitions::isDue(const StepRunRecord& run, Timestamp now) noexcept {
-  return run.status == StepRunStatus::Waiting && run.deadline && *run.deadline <= now;
+  return run.status == StepRunStatus::Waiting && !run.hasCompletion && run.deadline &&
+         *run.deadline <= now;
 }
 
 // Waiting --deadline--> TimedOut, then the escalation step or instance Failed.
@@ -345,12 +367,12 @@ Result<void> Transitions::admit(const InstanceSnapshot& snapshot, const StepRunR
       return fail(Errc::TimedOut, fmt::format("step run {} timed out", idsOf(run)));
     case StepRunStatus::Ready:
     case StepRunStatus::Starting:
+    case StepRunStatus::Waiting:
       if (run.hasCompletion && event && *event != ServerEvent::Kind::Heartbeat) {
         return fail(Errc::AlreadyCompleted,
                     fmt::format("step run {} already has a completion recorded", idsOf(run)));
       }
       return {};
-    case StepRunStatus::Waiting: return {};
     case StepRunStatus::Cancelled: break;  // refused above
   }
   return noTransition(run, event ? runEventOf(*event) : RunEvent::Complete);
@@ -362,48 +384,78 @@ Result<ChangeSet> Transitions::applyEvent(const CompiledProcess& process,
                                           const InstanceSnapshot& snapshot, StepRunRecord run,
                                           ServerEvent event, Timestamp now) const {
   if (!isOpen(run.status)) return noTransition(run, runEventOf(event.kind));
-  const std::string reason =
-      event.reason.empty() ? std::string("the external system reported a failure") : event.reason;
   if (event.kind == ServerEvent::Kind::Heartbeat) {
     auto found = stepOf(process, run);
     if (!found) return tl::unexpected(found.error());
     const CompiledStep& step = **found;
-    ChangeSet set = guardedUpdate(snapshot, now);
-    const auto interval = step.heartbeat ? step.heartbeat : step.timeout;
+    return recordEvent(snapshot, std::move(run), std::move(event),
+                       step.heartbeat ? step.heartbeat : step.timeout, now);
+  }
+  if (run.status != StepRunStatus::Waiting || run.hasCompletion) {
+    return recordEvent(snapshot, std::move(run), std::move(event), std::nullopt, now);
+  }
+  Decision decision;
+  if (event.kind == ServerEvent::Kind::Complete) {
+    decision.kind = Decision::Kind::Complete;
+    run.hasCompletion = true;
+    run.completion = std::move(event.fields);
+  } else {
+    decision.kind = Decision::Kind::Fail;
+    decision.text = event.reason.empty() ? kExternalFailure : event.reason;
+    decision.writes = std::move(event.fields);
+  }
+  return close(process, snapshot, std::move(run), std::move(decision), now);
+}
+
+// Waiting --complete/fail--> Waiting, recorded, deadline cleared, instance
+// Running; Ready | Starting --complete/fail--> recorded; Ready | Starting |
+// Waiting --heartbeat--> recorded (a Waiting deadline moves).
+Result<ChangeSet> Transitions::recordEvent(const InstanceSnapshot& snapshot, StepRunRecord run,
+                                           ServerEvent event,
+                                           std::optional<std::chrono::microseconds> heartbeat,
+                                           Timestamp now) {
+  if (!isOpen(run.status)) return noTransition(run, runEventOf(event.kind));
+  ChangeSet set = guardedUpdate(snapshot, now);
+  if (event.kind == ServerEvent::Kind::Heartbeat) {
     std::string detail;
-    if (run.status == StepRunStatus::Waiting && interval) {
-      run.deadline = now + *interval;
+    if (run.status == StepRunStatus::Waiting && !run.hasCompletion && heartbeat) {
+      run.deadline = now + *heartbeat;
       detail = "deadline moved";
     }
     set.history.push_back(entry(HistoryKind::Heartbeat, now, &run, std::move(detail)));
     set.stepRuns.push_back(std::move(run));
     return set;
   }
-  if (run.status == StepRunStatus::Waiting) {
-    Decision decision;
-    if (event.kind == ServerEvent::Kind::Complete) {
-      decision.kind = Decision::Kind::Complete;
-      run.hasCompletion = true;
-      run.completion = std::move(event.fields);
-    } else {
-      decision.kind = Decision::Kind::Fail;
-      decision.text = reason;
-      decision.writes = std::move(event.fields);
-    }
-    return close(process, snapshot, std::move(run), std::move(decision), now);
-  }
-  // Ready or Starting: the handler has not returned yet. Record the event; it
-  // is applied as soon as the handler returns (close()).
   if (run.hasCompletion) return noTransition(run, runEventOf(event.kind));  // admit() refuses it
-  ChangeSet set = guardedUpdate(snapshot, now);
+  const bool failure = event.kind == ServerEvent::Kind::Fail;
+  const std::string reason = event.reason.empty() ? std::string(kExternalFailure) : event.reason;
   run.hasCompletion = true;
   run.completion = std::move(event.fields);
-  const bool failure = event.kind == ServerEvent::Kind::Fail;
   if (failure) run.error = reason;
-  set.history.push_back(
-      entry(HistoryKind::CompletionRecorded, now, &run, failure ? "failure: " + reason : ""));
+  std::string detail = failure ? "failure: " + reason : std::string();
+  if (run.status == StepRunStatus::Waiting) {
+    // The external system finished: no deadline may fire any more. The
+    // instance runs again, for a host that defines the version to close it.
+    run.deadline.reset();
+    set.instance.status = InstanceStatus::Running;
+    detail = fmt::format("{}{}for a host that defines version {}", detail,
+                         detail.empty() ? "" : "; ", snapshot.record.processVersion);
+  }
+  set.history.push_back(entry(HistoryKind::CompletionRecorded, now, &run, std::move(detail)));
   set.stepRuns.push_back(std::move(run));
   return set;
+}
+
+std::optional<Decision> Transitions::recordedDecision(const StepRunRecord& run) {
+  if (run.status != StepRunStatus::Waiting || !run.hasCompletion) return std::nullopt;
+  Decision decision;
+  if (run.error.empty()) {
+    decision.kind = Decision::Kind::Complete;
+  } else {
+    decision.kind = Decision::Kind::Fail;
+    decision.text = run.error;
+  }
+  return decision;
 }
 
 // Running | Waiting --cancel--> Cancelled (and its open run);

@@ -10,8 +10,15 @@
 //   Ready | Starting ──complete/fail──▶ (same status, completion recorded; applied when
 //                                         the handler returns)
 //   Waiting ──complete──▶ Completed ; ──fail──▶ Failed ; ──deadline──▶ TimedOut
+//   Waiting ──complete/fail on a host without the version──▶ (same status, completion
+//                                         recorded, deadline cleared; closed by a host
+//                                         that defines it)
 //   Ready | Starting | Waiting ──heartbeat──▶ (same; a Waiting run's deadline moves)
 //   any open run ──cancel──▶ Cancelled          Failed | TimedOut ──retry──▶ a new run
+//
+// The instance's lease (DESIGN.md section 8) travels in the same sets: a
+// Running instance is leased by the host that runs its step, or offered to
+// any; Waiting and ended instances carry none.
 //
 // A pair the machine has no move for is a refusal with the Errc of DESIGN.md
 // section 5 when an outside caller can cause it (a late completion, a cancel of
@@ -19,6 +26,7 @@
 // a bug can (a deadline on a run that does not wait).
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -73,6 +81,17 @@ RunEvent runEventOf(ServerEvent::Kind kind) noexcept;
 // numbers and booleans spelled out, null as "" (no key).
 std::string correlationKeyOf(const Value& value);
 
+// Where an instance's lease stands for a host at `now` (DESIGN.md section 8).
+enum class LeaseState {
+  None,     // no lease: an instance written before leases existed, or not Running
+  Live,     // an owner and a future expiry: only that owner drives the instance
+  Expired,  // an owner and a past expiry: its host died or stalls; any host may take it
+  Offered,  // no owner but an expiry: left ready for a host that defines the version
+};
+
+// The state of `record`'s lease at `now` (an expiry equal to `now` has passed).
+LeaseState leaseStateOf(const InstanceRecord& record, Timestamp now) noexcept;
+
 // The instance's run that may be open (Ready, Starting or Waiting): its current
 // run while the instance is Running or Waiting; none once it ended or before
 // its first run. The one place that decides "one open run per instance".
@@ -89,8 +108,17 @@ class Transitions {
  public:
   Transitions(SerialForm serials, RandomSource& random) : serials_(serials), random_(random) {}
 
-  // A header-only change set: the instance as it is, guarded by its version.
+  // A header-only change set: the instance as it is (its lease included),
+  // guarded by its version.
   static ChangeSet guardedUpdate(const InstanceSnapshot& snapshot, Timestamp now);
+
+  // The lease moves of a set (DESIGN.md section 8). Only a Running instance
+  // carries a lease: for any other status both clear it.
+  //   take:  `owner` holds it until `expiry` (the host that will run its step);
+  //   offer: no owner, expired at `now`: any host that defines the version
+  //          takes it (a host that cannot run the step leaves it ready).
+  static void takeLease(ChangeSet& set, std::string_view owner, Timestamp expiry);
+  static void offerLease(ChangeSet& set, Timestamp now);
 
   // (none) --start--> instance Running, its first step's run Starting.
   // `fields` are the validated start fields over the declared defaults. With a
@@ -122,9 +150,10 @@ class Transitions {
   Result<ChangeSet> close(const CompiledProcess& process, const InstanceSnapshot& snapshot,
                           StepRunRecord run, Decision decision, Timestamp now) const;
 
-  // Whether a timer for `run` fires at `now`: only a Waiting run whose deadline
-  // is at or before `now` (the rest are legal no-ops: completed, moved by a
-  // heartbeat, cancelled since the timer was listed).
+  // Whether a timer for `run` fires at `now`: only a Waiting run with no
+  // completion recorded whose deadline is at or before `now` (the rest are
+  // legal no-ops: completed, moved by a heartbeat, cancelled since the timer
+  // was listed).
   static bool isDue(const StepRunRecord& run, Timestamp now) noexcept;
 
   // Waiting --deadline--> TimedOut, then the escalation step's run, or the
@@ -138,8 +167,9 @@ class Transitions {
   //   a synchronous step's run: NotFound (serials name async steps only);
   //   instance or run Cancelled: Cancelled; Completed: AlreadyCompleted;
   //   Failed: StepFailed; TimedOut: TimedOut;
-  //   Ready | Starting with a completion already recorded, for Complete and
-  //   Fail: AlreadyCompleted (a heartbeat or a look-up is still taken);
+  //   Ready | Starting | Waiting with a completion already recorded, for
+  //   Complete and Fail: AlreadyCompleted (a heartbeat or a look-up is still
+  //   taken);
   //   Ready | Starting | Waiting otherwise: taken.
   static Result<void> admit(const InstanceSnapshot& snapshot, const StepRunRecord& run,
                             std::optional<ServerEvent::Kind> event);
@@ -152,8 +182,29 @@ class Transitions {
   //   Ready | Starting | Waiting --heartbeat--> recorded; a Waiting run's deadline
   //     moves to the heartbeat interval (or the timeout) from now.
   // Any other status: Internal (admit() refuses those first).
+  // A host that does not define the version uses recordEvent() instead.
   Result<ChangeSet> applyEvent(const CompiledProcess& process, const InstanceSnapshot& snapshot,
                                StepRunRecord run, ServerEvent event, Timestamp now) const;
+
+  // An event admit() took, by a host that does not define the run's process
+  // version (DESIGN.md section 8), so that it cannot route the instance on:
+  //   Waiting --complete/fail--> Waiting, the completion recorded and its
+  //     deadline cleared (the completion beats the timer); the instance turns
+  //     Running, for the caller to offer: a host that defines the version
+  //     closes the run (recordedDecision) and moves on;
+  //   Ready | Starting --complete/fail--> recorded, as applyEvent;
+  //   Ready | Starting | Waiting --heartbeat--> recorded; a Waiting run's
+  //     deadline moves by `heartbeat` (the declared interval) from now.
+  // Any other status: Internal (admit() refuses those first).
+  static Result<ChangeSet> recordEvent(const InstanceSnapshot& snapshot, StepRunRecord run,
+                                       ServerEvent event,
+                                       std::optional<std::chrono::microseconds> heartbeat,
+                                       Timestamp now);
+
+  // What the external system decided for a Waiting run whose completion or
+  // failure recordEvent() recorded: Complete, or Fail with its reason, for
+  // close(). None for any other run.
+  static std::optional<Decision> recordedDecision(const StepRunRecord& run);
 
   // Running | Waiting --cancel--> Cancelled, with its open run (when given and
   // not finished) Cancelled too. A finished instance refuses:

@@ -2,6 +2,7 @@
 // synchronous FULL, a starter, and a simulated external system whose completer
 // threads complete serials and log each acknowledged completion durably.
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -28,6 +29,14 @@
 #include "crash.hpp"
 
 namespace asyncflow::crash {
+namespace {
+
+// Each life's lease: a killed life's instances are taken over this long after
+// its last commit.
+constexpr std::chrono::milliseconds kLease{250};
+
+}  // namespace
+
 namespace {
 
 // Consecutive StoreError or Conflict answers a completer accepts before it gives up.
@@ -119,7 +128,10 @@ class Life {
 
     EngineOptions options;
     options.workers = config_.workers;
-    options.timerThread = false;  // the process has no timeouts
+    // The process has no timeouts; the timer takes over what a killed life
+    // held once its lease expires, which a short lease keeps quick.
+    options.timerThread = true;
+    options.leaseDuration = kLease;
     options.listener = std::make_shared<EndListener>(*this);
     engine_ = std::make_unique<Engine>(std::move(*store), std::move(options));
 
@@ -218,9 +230,17 @@ class Life {
         failure_ = "waiting: " + swept.error().toString();
         failureCode_ = kChildFatal;
       } else if (*swept == 0 && failureCode_ == 0 && !done() && quiet()) {
-        failure_ = "no serial to complete and the engine is idle, yet " +
-                   std::to_string(target_ - completedNow_) + " instances are open";
-        failureCode_ = kChildStuck;
+        // Instances a killed life held wait for their lease to expire; then
+        // the timer takes them over. Stuck only when nothing moves for longer.
+        const std::size_t before = completedNow_;
+        const bool moved = changed_.wait_for(lock, kLease * 8 + std::chrono::seconds(2), [&] {
+          return done() || failureCode_ != 0 || completedNow_ != before || !quiet();
+        });
+        if (!moved) {
+          failure_ = "no serial to complete and the engine is idle, yet " +
+                     std::to_string(target_ - completedNow_) + " instances are open";
+          failureCode_ = kChildStuck;
+        }
       }
     }
   }

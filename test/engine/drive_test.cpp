@@ -176,6 +176,8 @@ TEST_CASE(
   EngineOptions options = h.options();
   options.log = lines.sink();
   options.timerThread = true;
+  options.changeCheckInterval =
+      std::chrono::milliseconds::zero();  // only the drive calls the store
   Engine engine(faults, options);
   Process p("Flaky", 1);
   p.step(Step("Work", [](StepContext&) { return StepOutcome::finish(); }));

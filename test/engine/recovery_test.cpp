@@ -77,6 +77,16 @@ Process waitThenAfter(AsyncStep::Handler wait, Step::Handler after) {
   return p;
 }
 
+// The host after a crash comes back once the dead process's leases expired
+// (EngineOptions::leaseDuration: 30 s by default): its clock reads an hour on.
+EngineOptions afterTheLease() {
+  EngineOptions o;
+  o.clock = std::make_shared<ManualClock>(
+      std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now()) +
+      std::chrono::hours(1));
+  return o;
+}
+
 }  // namespace
 
 TEST_CASE("a sync step interrupted by a crash re-runs, seeing attempt 2") {
@@ -107,7 +117,7 @@ TEST_CASE("a sync step interrupted by a crash re-runs, seeing attempt 2") {
 
   int prepared = 0;
   int chargeAttempt = 0;
-  Engine engine(openStore(db));
+  Engine engine(openStore(db), afterTheLease());
   auto before = engine.instance(1).value();
   CHECK(before.currentStep == "Charge");
   CHECK(before.currentStepStatus == StepRunStatus::Starting);
@@ -148,7 +158,7 @@ TEST_CASE("an async step's start handler re-runs after a crash with the same ser
 
   std::string seenSerial;
   int seenAttempt = 0;
-  Engine engine(openStore(db));
+  Engine engine(openStore(db), afterTheLease());
   REQUIRE(engine.define(waitThenAfter(
       [&](AsyncStepContext& ctx) {
         seenSerial = ctx.serial();
@@ -202,7 +212,7 @@ TEST_CASE("a completion committed before its next steps ran continues after a cr
           }) == kCrashed);
 
   Engine engine(openStore(db), [] {
-    EngineOptions o;
+    EngineOptions o = afterTheLease();
     o.recoverOnDefine = false;
     return o;
   }());
@@ -243,7 +253,7 @@ TEST_CASE("an early completion recorded before a crash is applied when the re-ru
 
   int handlerRuns = 0;
   bool afterRan = false;
-  Engine engine(openStore(db));
+  Engine engine(openStore(db), afterTheLease());
   REQUIRE(engine.define(waitThenAfter(
       [&](AsyncStepContext&) {
         ++handlerRuns;
@@ -274,7 +284,7 @@ TEST_CASE("10,000 waiting steps survive the engine, a new engine completes every
   };
 
   {
-    Engine engine(openStore(db));
+    Engine engine(openStore(db), afterTheLease());
     REQUIRE(engine.define(process()));
     for (int i = 0; i < kInstances; ++i) REQUIRE(engine.start("Recover", {}));
     // Every one waits, and the engine holds nothing for any of them.
@@ -282,7 +292,7 @@ TEST_CASE("10,000 waiting steps survive the engine, a new engine completes every
     CHECK(engine.stats().queuedContinuations == 0);
   }  // the engine and its store are gone: only the file remains
 
-  Engine engine(openStore(db));
+  Engine engine(openStore(db), afterTheLease());
   REQUIRE(engine.define(process()));
   CHECK(engine.recover().value() == 0);  // waiting is not a crash: nothing to re-drive
 

@@ -35,6 +35,12 @@ struct TimerHarness {
     o.clock = clock;
     o.random = std::make_shared<CountingRandom>();
     o.timerThread = true;
+    // Alone on its store: the timer sleeps until exactly the next deadline
+    // (multi_host_test covers the change check).
+    o.changeCheckInterval = std::chrono::milliseconds::zero();
+    // Its own leases (taken by each start, gone when the step waits) expire
+    // long after every deadline here, so no sleep ends for one.
+    o.leaseDuration = std::chrono::hours(1000);
     o.log = [this](LogLevel level, std::string_view line) {
       if (level < LogLevel::Warning) return;
       std::lock_guard lock(mutex);

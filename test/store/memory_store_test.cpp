@@ -1,10 +1,12 @@
 // Pins what MemoryStore promises beyond the Store contract, which the conformance
 // suite (store_conformance_test.cpp) checks: ids are consecutive, 1, 2, 3, ...,
-// with no gaps, not even after a conflict or under concurrent creates.
+// with no gaps, not even after a conflict or under concurrent creates; and what
+// declare's refusals of a step say (store/declaration, which SqliteStore shares).
 #include "asyncflow/memory_store.hpp"
 
 #include <cstdint>
 #include <set>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -23,6 +25,8 @@ using asyncflow::MemoryStore;
 using asyncflow::testing::applyBatch;
 using asyncflow::testing::create;
 using asyncflow::testing::creation;
+using asyncflow::testing::processDeclaration;
+using asyncflow::testing::stepDeclaration;
 
 }  // namespace
 
@@ -66,4 +70,26 @@ TEST_CASE("MemoryStore assigns ids 1..N without gaps to concurrent creates") {
   REQUIRE(distinct.size() == kThreads * kPerThread);
   CHECK(*distinct.begin() == 1);
   CHECK(*distinct.rbegin() == kThreads * kPerThread);
+}
+
+TEST_CASE("declare's refusal of a step names the process version, the step and what is wrong") {
+  using asyncflow::StepKind;
+  MemoryStore store;
+  const auto refusal = [&](std::vector<asyncflow::StepDeclaration> steps) {
+    auto declared = store.declare(processDeclaration("Order", 2, {}, std::move(steps)));
+    REQUIRE_FALSE(declared.has_value());
+    CHECK(declared.error().code == asyncflow::Errc::InvalidArgument);
+    return declared.error().message;
+  };
+  const std::string prefix = "cannot declare Order version 2: ";
+  const std::string nothing = "; nothing was written";
+  CHECK(refusal({stepDeclaration("", StepKind::Sync)}) ==
+        prefix + "a step name is empty" + nothing);
+  CHECK(refusal(
+            {stepDeclaration("Ship", StepKind::Sync), stepDeclaration("Ship", StepKind::Async)}) ==
+        prefix + "step Ship is declared twice" + nothing);
+  CHECK(refusal({stepDeclaration("Ship", static_cast<StepKind>(42))}) ==
+        prefix + "step Ship has kind 42, which is no StepKind" + nothing);
+  CHECK(refusal({stepDeclaration("Ship", StepKind::Async, -1)}) ==
+        prefix + "step Ship has a negative heartbeat (-1 us)" + nothing);
 }

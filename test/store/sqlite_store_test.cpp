@@ -265,18 +265,18 @@ TEST_CASE("a new file gets the page size asked for, an existing file keeps its o
 
 // --- the schema and its versions --------------------------------------------------------
 
-TEST_CASE("a new database records schema versions 1 to 4 and asyncflow's application id") {
+TEST_CASE("a new database records schema versions 1 to 5 and asyncflow's application id") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   openStore(path);
   openStore(path);  // reopening applies nothing again
 
   SQLite::Database db = connect(path);
-  CHECK(SqliteStore::schemaVersion() == 4);
+  CHECK(SqliteStore::schemaVersion() == 5);
   CHECK(db.execAndGet("PRAGMA application_id").getInt() == kAsyncflowApplicationId);
   SQLite::Statement migrations(
       db, "SELECT version, description, applied_at FROM asyncflow_migrations ORDER BY version");
-  for (int version = 1; version <= 4; ++version) {
+  for (int version = 1; version <= 5; ++version) {
     INFO("migration " << version);
     REQUIRE(migrations.executeStep());
     CHECK(migrations.getColumn(0).getInt() == version);
@@ -285,7 +285,7 @@ TEST_CASE("a new database records schema versions 1 to 4 and asyncflow's applica
   }
   CHECK_FALSE(migrations.executeStep());
   for (const char* table : {"instances", "fields", "step_runs", "completion_fields", "history",
-                            "start_keys", "process_versions", "process_fields"}) {
+                            "start_keys", "process_versions", "process_fields", "process_steps"}) {
     INFO(table);
     CHECK(db.tableExists(table));
   }
@@ -306,7 +306,7 @@ TEST_CASE("a database with a newer schema is refused and left unchanged") {
 
   const Error error = errorOf(SqliteStore::open(path));
   CHECK(error.code == Errc::StoreError);
-  CHECK(contains(error.message, "schema version 99 is newer than this library's 4"));
+  CHECK(contains(error.message, "schema version 99 is newer than this library's 5"));
   CHECK(readBytes(path) == before);
   CHECK_FALSE(fs::exists(path + "-wal"));
 }
@@ -326,7 +326,7 @@ TEST_CASE("a database with an older schema is migrated to the current one") {
   CHECK(create(*store) == 1);
   SQLite::Database db = connect(path);
   CHECK(db.execAndGet("SELECT group_concat(version) FROM asyncflow_migrations").getString() ==
-        "1,2,3,4");
+        "1,2,3,4,5");
   CHECK(db.execAndGet("PRAGMA journal_mode").getString() == "wal");
 }
 
@@ -429,7 +429,7 @@ WHERE r.status = 'Waiting';
 
 }  // namespace
 
-TEST_CASE("a version 1 database with a waiting run migrates to 4 and keeps working") {
+TEST_CASE("a version 1 database with a waiting run migrates to 5 and keeps working") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   const std::int64_t t0 = 1'700'000'000'000'000;  // kT0 in microseconds
@@ -460,7 +460,7 @@ TEST_CASE("a version 1 database with a waiting run migrates to 4 and keeps worki
   {
     SQLite::Database db = connect(path);
     CHECK(db.execAndGet("SELECT group_concat(version) FROM asyncflow_migrations").getString() ==
-          "1,2,3,4");
+          "1,2,3,4,5");
     CHECK(db.execAndGet("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
                         "name = 'step_runs_waiting_key'")
               .getInt() == 1);
@@ -625,7 +625,7 @@ CREATE TABLE start_keys (
 
 }  // namespace
 
-TEST_CASE("a version 3 database migrates to 4: its instances have no lease, and take leases") {
+TEST_CASE("a version 3 database migrates to 5: its instances have no lease, and take leases") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   {
@@ -655,7 +655,7 @@ TEST_CASE("a version 3 database migrates to 4: its instances have no lease, and 
   {
     SQLite::Database db = connect(path);
     CHECK(db.execAndGet("SELECT group_concat(version) FROM asyncflow_migrations").getString() ==
-          "1,2,3,4");
+          "1,2,3,4,5");
     CHECK(db.execAndGet("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
                         "name = 'instances_lease_expiry'")
               .getInt() == 1);
@@ -681,7 +681,7 @@ TEST_CASE("a version 3 database migrates to 4: its instances have no lease, and 
   CHECK(before.record == running);
   CHECK(before.fields == Fields{{"OrderId", "A-1"}});
   CHECK(load(*store, 2).record.leaseExpiry == std::nullopt);
-  CHECK(store->nextLeaseExpiry(Timestamp::min()).value() == std::nullopt);
+  CHECK(store->nextLeaseExpiry(Timestamp::min(), {}).value() == std::nullopt);
   CHECK(store->listExpiredLeases(LeaseQuery{kT0 + std::chrono::hours(1), std::nullopt, 10})
             .value()
             .empty());
@@ -697,7 +697,7 @@ TEST_CASE("a version 3 database migrates to 4: its instances have no lease, and 
   leased.instance.leaseExpiry = kT0 + std::chrono::seconds(30);
   REQUIRE(applyBatch(*store, {leased}).front().status == ApplyStatus::Applied);
   CHECK(load(*store, 1).record.leaseOwner == "host-a");
-  CHECK(store->nextLeaseExpiry(Timestamp::min()).value() == leased.instance.leaseExpiry);
+  CHECK(store->nextLeaseExpiry(Timestamp::min(), {}).value() == leased.instance.leaseExpiry);
   CHECK(store->listExpiredLeases(LeaseQuery{kT0 + std::chrono::seconds(30), std::nullopt, 10})
             .value() ==
         std::vector<ExpiredLease>{{1, "Order", 1, "host-a", kT0 + std::chrono::seconds(30)}});
@@ -708,15 +708,126 @@ TEST_CASE("a version 3 database migrates to 4: its instances have no lease, and 
   CHECK(store->loadDeclaration("Order", 1).value() == declared);
 }
 
-TEST_CASE("leases and declared fields are readable with plain SQL") {
+namespace {
+
+// Migration 4 of the 0.x series, with the row recording it, so that with
+// kSchemaVersion1Sql and kSchemaVersions2And3Sql a test builds the file
+// asyncflow at schema 4 left behind. Refreshed only while migration 4 may still
+// be redone in place (before 1.0); from 1.0 on it is frozen as released: never
+// edit it.
+constexpr const char* kSchemaVersion4Sql = R"sql(
+INSERT INTO asyncflow_migrations VALUES
+  (4, 'leases of running instances, and the declared fields of each process version', 4);
+
+ALTER TABLE instances ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE instances ADD COLUMN lease_expiry INTEGER;
+
+CREATE INDEX instances_lease_expiry ON instances (lease_expiry, id)
+  WHERE status = 'Running' AND lease_expiry IS NOT NULL;
+
+CREATE TABLE process_versions (
+  process     TEXT    NOT NULL,
+  version     INTEGER NOT NULL,
+  declared_at INTEGER NOT NULL,  -- the declaring host's wall clock
+  PRIMARY KEY (process, version)
+) WITHOUT ROWID;
+
+CREATE TABLE process_fields (
+  process TEXT    NOT NULL,
+  version INTEGER NOT NULL,
+  name    TEXT    NOT NULL,
+  type    TEXT    NOT NULL CHECK (type = 'Null' OR type = 'Bool' OR type = 'Int64'
+                  OR type = 'Double' OR type = 'String'),
+  PRIMARY KEY (process, version, name),
+  FOREIGN KEY (process, version) REFERENCES process_versions (process, version)
+) WITHOUT ROWID;
+)sql";
+
+}  // namespace
+
+TEST_CASE("a version 4 database migrates to 5: its declarations keep their fields, have no steps") {
+  TempDir dir;
+  const std::string path = dir.file("store.db");
+  {
+    // What asyncflow at schema 4 wrote: two declared versions (one without
+    // fields), a run waiting for the external system, and a waiting run whose
+    // completion a host that does not define its version recorded.
+    SQLite::Database db(path, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE);
+    db.exec("PRAGMA application_id = " + std::to_string(kAsyncflowApplicationId));
+    db.exec("PRAGMA journal_mode = WAL");
+    db.exec(kSchemaVersion1Sql);
+    db.exec(kSchemaVersions2And3Sql);
+    db.exec(kSchemaVersion4Sql);
+    db.exec(
+        "INSERT INTO process_versions VALUES ('Order', 1, 1700000000000000), "
+        "('Order', 2, 1700000000000001)");
+    db.exec(
+        "INSERT INTO process_fields VALUES ('Order', 1, 'Status', 'String'), "
+        "('Order', 1, 'OrderId', 'String')");
+    db.exec(
+        "INSERT INTO instances (process, process_version, status, version, current_run, "
+        "last_run, error, created_at, updated_at) VALUES "
+        "('Order', 1, 'Waiting', 2, 1, 1, '', 1700000000000001, 1700000000000002), "
+        "('Order', 1, 'Waiting', 3, 1, 1, '', 1700000000000003, 1700000000000004)");
+    db.exec(
+        "INSERT INTO step_runs VALUES "
+        "(1, 1, 'Approve', 'Async', 'Waiting', 1, 'c2VjcmV0', 0, '', 1700000000000001, "
+        "1700000000000002, NULL, NULL, 'A-1'), "
+        "(2, 1, 'Approve', 'Async', 'Waiting', 1, 'c2VjcmV0', 1, '', 1700000000000003, "
+        "1700000000000004, NULL, NULL, 'A-2')");
+    db.exec("INSERT INTO completion_fields VALUES (2, 1, 'Status', 'String', 'Approved')");
+  }
+
+  auto store = openStore(path);
+  {
+    SQLite::Database db = connect(path);
+    CHECK(db.execAndGet("SELECT group_concat(version) FROM asyncflow_migrations").getString() ==
+          "1,2,3,4,5");
+    CHECK(db.tableExists("process_steps"));
+    CHECK(db.execAndGet("SELECT count(*) FROM process_steps").getInt() == 0);
+    // The recreated view leaves out the run with a completion recorded.
+    CHECK(db.execAndGet("SELECT group_concat(serial) FROM waiting_steps").getString() ==
+          "1_1_c2VjcmV0");
+  }
+
+  // The old declarations read back whole, with no steps.
+  using asyncflow::testing::processDeclaration;
+  using asyncflow::testing::stepDeclaration;
+  const ProcessDeclaration order1 =
+      processDeclaration("Order", 1, {{"OrderId", Type::String}, {"Status", Type::String}});
+  CHECK(store->loadDeclaration("Order", 1).value() == order1);
+  CHECK(store->loadDeclaration("Order", 2).value() == processDeclaration("Order", 2));
+  // A declaration with steps of an old version finds the old one, which stays.
+  const std::vector<StepDeclaration> steps{stepDeclaration("Approve", StepKind::Async, 30'000'000)};
+  CHECK(store->declare(processDeclaration("Order", 1, order1.fields, steps)).value() == order1);
+  CHECK(store->loadDeclaration("Order", 1).value() == order1);
+  // A new version takes steps.
+  const ProcessDeclaration order3 = processDeclaration("Order", 3, order1.fields, steps);
+  CHECK(store->declare(order3).value() == order3);
+  CHECK(store->loadDeclaration("Order", 3).value() == order3);
+
+  // The old waiting runs: the one with a completion is kept, and not listed.
+  auto rows = store->listWaiting(WaitingQuery{});
+  REQUIRE(rows.has_value());
+  REQUIRE(rows->size() == 1);
+  CHECK(rows->front().run.instance == 1);
+  const StepRunRecord recorded = store->loadStepRun(2, 1).value();
+  CHECK(recorded.hasCompletion);
+  CHECK(recorded.completion == Fields{{"Status", "Approved"}});
+}
+
+TEST_CASE("leases, declared fields and declared steps are readable with plain SQL") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   auto store = openStore(path);
   create(*store, asyncflow::testing::leasedCreation("host-a", kT0 + std::chrono::seconds(30)));
   create(*store, asyncflow::testing::leasedCreation("", kT0 + std::chrono::seconds(5)));
   create(*store);  // no lease
+  using asyncflow::testing::stepDeclaration;
   REQUIRE(store->declare(asyncflow::testing::processDeclaration(
-      "Order", 2, {{"Status", Type::String}, {"Amount", Type::Double}, {"Urgent", Type::Bool}})));
+      "Order", 2, {{"Status", Type::String}, {"Amount", Type::Double}, {"Urgent", Type::Bool}},
+      {stepDeclaration("Submit", StepKind::Sync), stepDeclaration("Approve", StepKind::Async, 0),
+       stepDeclaration("Ship", StepKind::Async, 30'000'000)})));
   REQUIRE(store->declare(asyncflow::testing::processDeclaration("Order", 1)));
 
   SQLite::Database db = connect(path);
@@ -739,6 +850,18 @@ TEST_CASE("leases and declared fields are readable with plain SQL") {
   }
   CHECK(rows == std::vector<std::string>{"Order 2 Amount Double", "Order 2 Status String",
                                          "Order 2 Urgent Bool"});
+  // Kinds by name, heartbeats in microseconds (NULL: a heartbeat moves nothing).
+  SQLite::Statement steps(db,
+                          "SELECT process, version, step, kind, heartbeat_us FROM process_steps "
+                          "ORDER BY process, version, step");
+  rows.clear();
+  while (steps.executeStep()) {
+    rows.push_back(steps.getColumn(0).getString() + " " + steps.getColumn(1).getString() + " " +
+                   steps.getColumn(2).getString() + " " + steps.getColumn(3).getString() + " " +
+                   (steps.getColumn(4).isNull() ? "NULL" : steps.getColumn(4).getString()));
+  }
+  CHECK(rows == std::vector<std::string>{"Order 2 Approve Async 0", "Order 2 Ship Async 30000000",
+                                         "Order 2 Submit Sync NULL"});
   // A version without fields is declared all the same.
   SQLite::Statement versions(db,
                              "SELECT process, version, declared_at FROM process_versions "
@@ -1005,14 +1128,15 @@ TEST_CASE("a corrupt asyncflow database gives StoreErrors, never a crash") {
     for (InstanceId id = 1; id <= kInstances; id += 37) {
       if (auto history = store.loadHistory(id); !history) expectStoreError(history.error());
     }
-    if (auto next = store.nextLeaseExpiry(Timestamp::min()); !next) expectStoreError(next.error());
+    if (auto next = store.nextLeaseExpiry(Timestamp::min(), {}); !next)
+      expectStoreError(next.error());
     if (auto expired = store.listExpiredLeases(LeaseQuery{kT0, std::nullopt, 1000}); !expired) {
       expectStoreError(expired.error());
     }
     if (auto declared = store.loadDeclaration("Order", 1); !declared) {
       expectStoreError(declared.error());
     }
-    if (auto declared = store.declare(ProcessDeclaration{"Order", 1, {}}); !declared) {
+    if (auto declared = store.declare(ProcessDeclaration{"Order", 1, {}, {}}); !declared) {
       expectStoreError(declared.error());
     }
     std::vector<ChangeSet> batch;
@@ -1133,6 +1257,13 @@ TEST_CASE("fields and waiting steps are readable with plain SQL") {
   bare.stepRuns.front().status = StepRunStatus::Waiting;
   bare.stepRuns.front().secret.clear();
   const InstanceId bareId = create(*store, bare);
+  // Finished by the external system, waiting for a host that defines its
+  // version: not in the view.
+  ChangeSet recorded = creation();
+  recorded.stepRuns.front().status = StepRunStatus::Waiting;
+  recorded.stepRuns.front().hasCompletion = true;
+  recorded.stepRuns.front().completion = Fields{{"Status", "Approved"}};
+  create(*store, recorded);
 
   SQLite::Database db = connect(path);
   SQLite::Statement fields(db,
@@ -1269,14 +1400,17 @@ TEST_CASE("a Conflict or a failed batch leaves no history row") {
 TEST_CASE("listWaiting pages by run, not by completion field") {
   TempDir dir;
   auto store = openStore(dir.file("store.db"));
-  // Three waiting runs; the first carries three completion fields, so the SQL
-  // joins it into three rows.
-  for (int i = 0; i < 3; ++i) {
+  // Four waiting runs. The first carries three completion fields, so the SQL
+  // joins it into three rows: without hasCompletion, a record no engine writes,
+  // which the store lists as written. The second has a completion recorded, so
+  // listWaiting leaves it out (its fields too).
+  for (int i = 0; i < 4; ++i) {
     ChangeSet set = creation("Order", 2);
     set.stepRuns.front().status = StepRunStatus::Waiting;
-    if (i == 0) {
+    if (i == 0) set.stepRuns.front().completion = Fields{{"A", 1}, {"B", "two"}, {"C", 3.0}};
+    if (i == 1) {
       set.stepRuns.front().hasCompletion = true;
-      set.stepRuns.front().completion = Fields{{"A", 1}, {"B", "two"}, {"C", 3.0}};
+      set.stepRuns.front().completion = Fields{{"D", 4}, {"E", 5}};
     }
     create(*store, set);
   }
@@ -1289,15 +1423,15 @@ TEST_CASE("listWaiting pages by run, not by completion field") {
   CHECK(page->at(0).run.completion == Fields{{"A", 1}, {"B", "two"}, {"C", 3.0}});
   CHECK(page->at(0).process == "Order");
   CHECK(page->at(0).processVersion == 2);
-  CHECK(page->at(1).run.instance == 2);
+  CHECK(page->at(1).run.instance == 3);
   CHECK(page->at(1).run.completion.empty());
 
-  query.afterInstance = 2;
+  query.afterInstance = 3;
   query.afterRun = 1;
   page = store->listWaiting(query);
   REQUIRE(page.has_value());
   REQUIRE(page->size() == 1);
-  CHECK(page->at(0).run.instance == 3);
+  CHECK(page->at(0).run.instance == 4);
 }
 
 // --- the engine on a SQLite file ------------------------------------------------------------

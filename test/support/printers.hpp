@@ -106,6 +106,22 @@ struct StringMaker<asyncflow::FieldDeclaration> {
   }
 };
 
+// "Approve" Async heartbeat 30000000 us; a kind outside StepKind as its number.
+template <>
+struct StringMaker<asyncflow::StepDeclaration> {
+  static std::string convert(const asyncflow::StepDeclaration& step) {
+    std::string kind;
+    switch (step.kind) {
+      case asyncflow::StepKind::Sync: kind = "Sync"; break;
+      case asyncflow::StepKind::Async: kind = "Async"; break;
+      default: kind = "StepKind " + std::to_string(static_cast<int>(step.kind));
+    }
+    return '"' + step.name + "\" " + kind +
+           (step.heartbeat ? " heartbeat " + std::to_string(step.heartbeat->count()) + " us"
+                           : std::string(" no heartbeat"));
+  }
+};
+
 template <>
 struct StringMaker<asyncflow::ProcessDeclaration> {
   static std::string convert(const asyncflow::ProcessDeclaration& declaration) {
@@ -114,6 +130,11 @@ struct StringMaker<asyncflow::ProcessDeclaration> {
     for (const asyncflow::FieldDeclaration& field : declaration.fields) {
       if (out.back() != '{') out += ", ";
       out += StringMaker<asyncflow::FieldDeclaration>::convert(field);
+    }
+    out += "} steps {";
+    for (const asyncflow::StepDeclaration& step : declaration.steps) {
+      if (out.back() != '{') out += ", ";
+      out += StringMaker<asyncflow::StepDeclaration>::convert(step);
     }
     return out + "}";
   }

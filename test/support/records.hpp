@@ -30,8 +30,10 @@ using detail::updateOf;
 // leasedCreation(owner, expiry, status = Running, process = "Order", version = 1):
 // creation() with the lease (owner, expiry); an empty owner with an expiry is offered.
 using detail::leasedCreation;
-// processDeclaration(process, version, fields = {}): the fields in the order given.
+// processDeclaration(process, version, fields = {}, steps = {}): both in the order given.
 using detail::processDeclaration;
+// stepDeclaration(name, kind, heartbeatMicros = none): one declared step.
+using detail::stepDeclaration;
 
 // applyBatch(store, batch): apply() must succeed with one result per set.
 using detail::applyBatch;

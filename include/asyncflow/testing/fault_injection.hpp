@@ -223,9 +223,10 @@ class FaultInjectingStore : public StoreWrapper {
     if (auto error = enter(StoreCall::FindStartKey)) return tl::unexpected(std::move(*error));
     return StoreWrapper::findStartKey(process, key);
   }
-  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after) override {
+  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after,
+                                                   std::string_view notOwnedBy) override {
     if (auto error = enter(StoreCall::NextLeaseExpiry)) return tl::unexpected(std::move(*error));
-    return StoreWrapper::nextLeaseExpiry(after);
+    return StoreWrapper::nextLeaseExpiry(after, notOwnedBy);
   }
   Result<std::vector<ExpiredLease>> listExpiredLeases(const LeaseQuery& query) override {
     if (auto error = enter(StoreCall::ListExpiredLeases)) return tl::unexpected(std::move(*error));

@@ -220,6 +220,17 @@ inline std::string describe(const std::vector<ExpiredLease>& leases) {
   return out + "]";
 }
 
+// "Approve Async heartbeat 30000000us"; a kind outside StepKind as "StepKind 42".
+inline std::string describe(const StepDeclaration& step) {
+  const int kind = static_cast<int>(step.kind);
+  return describeBytes(step.name) + " " +
+         (kind >= 0 && kind <= static_cast<int>(StepKind::Async)
+              ? describe(step.kind)
+              : "StepKind " + std::to_string(kind)) +
+         (step.heartbeat ? " heartbeat " + std::to_string(step.heartbeat->count()) + "us"
+                         : std::string(" no heartbeat"));
+}
+
 inline std::string describe(const ProcessDeclaration& declaration) {
   std::string out = "{process " + describeBytes(declaration.process) + ", version " +
                     std::to_string(declaration.version) + ", fields [";
@@ -230,6 +241,11 @@ inline std::string describe(const ProcessDeclaration& declaration) {
     out += describeBytes(field.name) + " " +
            (type >= 0 && type <= static_cast<int>(Type::String) ? std::string(typeName(field.type))
                                                                 : "Type " + std::to_string(type));
+  }
+  out += "], steps [";
+  for (std::size_t i = 0; i < declaration.steps.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += describe(declaration.steps[i]);
   }
   return out + "]}";
 }
@@ -405,8 +421,9 @@ inline std::optional<StartKeyRecord> findStartKey(Store& store, std::string_view
   return valueOf(store.findStartKey(process, key), "findStartKey");
 }
 
-inline std::optional<Timestamp> nextLeaseExpiry(Store& store, Timestamp after = Timestamp::min()) {
-  return valueOf(store.nextLeaseExpiry(after), "nextLeaseExpiry");
+inline std::optional<Timestamp> nextLeaseExpiry(Store& store, Timestamp after = Timestamp::min(),
+                                                std::string_view notOwnedBy = {}) {
+  return valueOf(store.nextLeaseExpiry(after, notOwnedBy), "nextLeaseExpiry");
 }
 
 inline std::vector<ExpiredLease> listExpiredLeases(
@@ -490,13 +507,25 @@ inline ChangeSet leasedCreation(std::string owner, std::optional<Timestamp> expi
   return set;
 }
 
-// A declaration of (process, version) with `fields`, in the order given.
+// A declaration of (process, version) with `fields` and `steps`, in the order given.
 inline ProcessDeclaration processDeclaration(std::string process, int version,
-                                             std::vector<FieldDeclaration> fields = {}) {
+                                             std::vector<FieldDeclaration> fields = {},
+                                             std::vector<StepDeclaration> steps = {}) {
   ProcessDeclaration out;
   out.process = std::move(process);
   out.version = version;
   out.fields = std::move(fields);
+  out.steps = std::move(steps);
+  return out;
+}
+
+// A declared step whose heartbeat moves a deadline by `heartbeatMicros`; none by default.
+inline StepDeclaration stepDeclaration(std::string name, StepKind kind,
+                                       std::optional<std::int64_t> heartbeatMicros = std::nullopt) {
+  StepDeclaration out;
+  out.name = std::move(name);
+  out.kind = kind;
+  if (heartbeatMicros) out.heartbeat = std::chrono::microseconds(*heartbeatMicros);
   return out;
 }
 
@@ -1019,12 +1048,8 @@ inline void fieldValuesRoundTrip(Store& store) {
 
   SECTION("in an instance's fields") { checkSameFields(load(store, id).fields, edges); }
 
-  SECTION("in a run's completion, loaded and listed") {
-    checkSame(loadRun(store, id, 1), waiting);
-    const auto rows = listWaiting(store, WaitingQuery{});
-    REQUIRE(rows.size() == 1);
-    checkSame(rows.front().run, waiting);
-  }
+  // Not listed too: listWaiting leaves out a run with a completion recorded.
+  SECTION("in a run's completion") { checkSame(loadRun(store, id, 1), waiting); }
 
   SECTION("replacing each field with another kind of value") {
     // Field i takes the value of field i + 1: every value lands on a name that
@@ -1257,6 +1282,76 @@ inline void listWaitingPages(Store& store) {
           fixture.all.begin() + static_cast<std::ptrdiff_t>(std::min(limit, fixture.all.size())));
       CHECK(describeKeys(listWaiting(store, query)) == describeKeys(head));
     }
+  }
+}
+
+inline void listWaitingLeavesOutRunsWithACompletion(Store& store) {
+  // In key order: a run waiting for the external system; two the external system
+  // finished through a host that does not define their version (completed, its
+  // fields kept for a host that does; failed, a completion with an error); and
+  // another waiting one, of another process.
+  const StepRunRecord open = stepRun(1, "Approve", StepRunStatus::Waiting);
+  StepRunRecord completed = open;
+  completed.hasCompletion = true;
+  completed.completion = Fields{{"Status", "Approved"}};
+  completed.deadline = at(60'000'000);
+  completed.correlationKey = "A-2";
+  StepRunRecord failed = open;
+  failed.hasCompletion = true;
+  failed.error = "rejected by the external system";
+  const InstanceId first = create(store, creationWith("Order", 1, InstanceStatus::Waiting, {open}));
+  const InstanceId second =
+      create(store, creationWith("Order", 1, InstanceStatus::Waiting, {completed}));
+  const InstanceId third =
+      create(store, creationWith("Order", 1, InstanceStatus::Waiting, {failed}));
+  const InstanceId fourth =
+      create(store, creationWith("Invoice", 2, InstanceStatus::Waiting, {open}));
+  const std::vector<std::string> listed{keyOf(first, 1), keyOf(fourth, 1)};
+
+  CHECK(describeKeys(listWaiting(store, WaitingQuery{})) == describeKeys(listed));
+  CHECK(describeKeys(listWaiting(store, waitingQuery("Order", ""))) ==
+        describeKeys(std::vector<std::string>{keyOf(first, 1)}));
+  CHECK(describeKeys(listWaiting(store, waitingQuery("", "Approve"))) == describeKeys(listed));
+  CHECK(describeKeys(listWaiting(store, waitingQuery("Order", "Approve"))) ==
+        describeKeys(std::vector<std::string>{keyOf(first, 1)}));
+
+  // The limit counts listed runs only: a page of one after the first run is
+  // the fourth, not a short page that would end the walk.
+  WaitingQuery query;
+  query.limit = 1;
+  CHECK(describeKeys(listWaiting(store, query)) ==
+        describeKeys(std::vector<std::string>{keyOf(first, 1)}));
+  query.afterInstance = first;
+  query.afterRun = 1;
+  CHECK(describeKeys(listWaiting(store, query)) ==
+        describeKeys(std::vector<std::string>{keyOf(fourth, 1)}));
+  query.afterInstance = fourth;
+  CHECK(listWaiting(store, query).empty());
+
+  // Left out of the list, the runs are kept whole.
+  completed.instance = second;
+  checkSame(loadRun(store, second, 1), completed);
+  failed.instance = third;
+  checkSame(loadRun(store, third, 1), failed);
+
+  SECTION("a run leaves the list when a completion is recorded, and returns when it drops it") {
+    ChangeSet record = updateOf(load(store, first));
+    StepRunRecord recorded = open;
+    recorded.instance = first;
+    recorded.hasCompletion = true;
+    recorded.completion = Fields{{"Status", "Late"}};
+    record.stepRuns = {recorded};
+    REQUIRE(describe(applyOne(store, record).status) == "Applied");
+    CHECK(describeKeys(listWaiting(store, WaitingQuery{})) ==
+          describeKeys(std::vector<std::string>{keyOf(fourth, 1)}));
+
+    ChangeSet drop = updateOf(load(store, first));
+    StepRunRecord dropped = recorded;
+    dropped.hasCompletion = false;
+    dropped.completion = Fields{};
+    drop.stepRuns = {dropped};
+    REQUIRE(describe(applyOne(store, drop).status) == "Applied");
+    CHECK(describeKeys(listWaiting(store, WaitingQuery{})) == describeKeys(listed));
   }
 }
 
@@ -2172,6 +2267,16 @@ inline void nextLeaseExpiryIsTheEarliestOfRunningInstances(Store& store) {
     CHECK(describe(nextLeaseExpiry(store)) == "none");
   }
 
+  SECTION("a host leaves its own leases out, never an offer") {
+    CHECK(describe(nextLeaseExpiry(store, Timestamp::min(), "host-a")) == describe(at(2'000)));
+    CHECK(describe(nextLeaseExpiry(store, at(2'000), "host-b")) == describe(at(3'000)));
+    CHECK(describe(nextLeaseExpiry(store, at(2'000), "host-a")) == describe(at(2'500)));
+    CHECK(describe(nextLeaseExpiry(store, at(2'500), "host-a")) == "none");
+    writeLease(store, c, I::Running, "host-a", at(2'500));
+    CHECK(describe(nextLeaseExpiry(store, at(2'000), "host-a")) == "none");
+    CHECK(describe(nextLeaseExpiry(store, at(2'000), "host-b")) == describe(at(2'500)));
+  }
+
   SECTION("an expiry at or before the epoch is still an expiry") {
     writeLease(store, quiet, I::Running, "host-c", Timestamp{});
     CHECK(describe(nextLeaseExpiry(store)) == describe(Timestamp{}));
@@ -2346,6 +2451,94 @@ inline void declareRefusesInvalidDeclarationsWritingNothing(Store& store) {
   checkSame(declare(store, valid), valid);
 }
 
+inline void declaredStepsRoundTripInNameOrder(Store& store) {
+  using Int = std::numeric_limits<std::int64_t>;
+  // Out of order; a step may share a field's name; names are exact bytes;
+  // heartbeats from none and zero to the largest.
+  const std::vector<FieldDeclaration> fields{{"Approve", Type::Bool}, {"OrderId", Type::String}};
+  const ProcessDeclaration given =
+      processDeclaration("Order", 1, fields,
+                         {stepDeclaration("Ship", StepKind::Sync),
+                          stepDeclaration("Approve", StepKind::Async, 30'000'000),
+                          stepDeclaration(std::string("a\0z", 3), StepKind::Async, 0),
+                          stepDeclaration("approve", StepKind::Async, Int::max()),
+                          stepDeclaration("\xc3\xa9tape\xff", StepKind::Sync, 1),
+                          stepDeclaration("A", StepKind::Async)});
+  const ProcessDeclaration sorted =
+      processDeclaration("Order", 1, fields,
+                         {stepDeclaration("A", StepKind::Async),
+                          stepDeclaration("Approve", StepKind::Async, 30'000'000),
+                          stepDeclaration("Ship", StepKind::Sync),
+                          stepDeclaration(std::string("a\0z", 3), StepKind::Async, 0),
+                          stepDeclaration("approve", StepKind::Async, Int::max()),
+                          stepDeclaration("\xc3\xa9tape\xff", StepKind::Sync, 1)});
+  checkSame(declare(store, given), sorted);
+  checkSame(loadDeclaration(store, "Order", 1), std::optional<ProcessDeclaration>(sorted));
+  checkSame(declare(store, sorted), sorted);
+
+  SECTION("another declaration of the version returns the first one's steps") {
+    ProcessDeclaration retimed = sorted;
+    retimed.steps[1].heartbeat = std::chrono::microseconds(60'000'000);
+    ProcessDeclaration rekinded = sorted;
+    rekinded.steps[2].kind = StepKind::Async;
+    ProcessDeclaration more = sorted;
+    more.steps.push_back(stepDeclaration("Zone", StepKind::Sync));
+    for (const ProcessDeclaration& other :
+         {retimed, rekinded, more, processDeclaration("Order", 1, fields)}) {
+      INFO("declaring " << describe(other));
+      checkSame(declare(store, other), sorted);
+    }
+    checkSame(loadDeclaration(store, "Order", 1), std::optional<ProcessDeclaration>(sorted));
+  }
+
+  SECTION("each version has its own steps; a version may have steps without fields") {
+    const ProcessDeclaration stepsOnly =
+        processDeclaration("Order", 2, {}, {stepDeclaration("Submit", StepKind::Sync, 5)});
+    checkSame(declare(store, stepsOnly), stepsOnly);
+    checkSame(loadDeclaration(store, "Order", 2), std::optional<ProcessDeclaration>(stepsOnly));
+    checkSame(loadDeclaration(store, "Order", 1), std::optional<ProcessDeclaration>(sorted));
+  }
+
+  SECTION("a version first declared without steps keeps none") {
+    const ProcessDeclaration none = processDeclaration("Order", 3, fields);
+    checkSame(declare(store, none), none);
+    checkSame(declare(store, processDeclaration("Order", 3, fields, sorted.steps)), none);
+    checkSame(loadDeclaration(store, "Order", 3), std::optional<ProcessDeclaration>(none));
+  }
+}
+
+inline void declareRefusesInvalidStepsWritingNothing(Store& store) {
+  using Int = std::numeric_limits<std::int64_t>;
+  const std::uint64_t before = changeMark(store);
+  const std::vector<FieldDeclaration> fields{{"OrderId", Type::String}};
+  const StepDeclaration approve = stepDeclaration("Approve", StepKind::Async, 30'000'000);
+  const auto withSteps = [&](std::vector<StepDeclaration> steps) {
+    return processDeclaration("Order", 1, fields, std::move(steps));
+  };
+  const std::vector<std::pair<std::string, ProcessDeclaration>> refused = {
+      {"an empty step name", withSteps({approve, stepDeclaration("", StepKind::Sync)})},
+      {"a repeated step name", withSteps({approve, stepDeclaration("Ship", StepKind::Sync),
+                                          stepDeclaration("Approve", StepKind::Sync)})},
+      {"a kind just past StepKind's last",
+       withSteps({approve, stepDeclaration("Ship", static_cast<StepKind>(2))})},
+      {"a kind that is no StepKind",
+       withSteps({stepDeclaration("Ship", static_cast<StepKind>(42))})},
+      {"a negative kind", withSteps({stepDeclaration("Ship", static_cast<StepKind>(-1))})},
+      {"a heartbeat of -1 us", withSteps({approve, stepDeclaration("Ship", StepKind::Sync, -1)})},
+      {"the most negative heartbeat",
+       withSteps({stepDeclaration("Ship", StepKind::Async, Int::min())})},
+  };
+  for (const auto& [why, bad] : refused) {
+    INFO(why);
+    CHECK(codeOf(store.declare(bad)) == "InvalidArgument");
+    CHECK(describe(loadDeclaration(store, bad.process, bad.version)) == "none");
+  }
+  CHECK(changeMark(store) == before);
+  // The refusals claimed nothing: the version is declared by the first valid call.
+  const ProcessDeclaration valid = withSteps({approve});
+  checkSame(declare(store, valid), valid);
+}
+
 inline void concurrentFirstDeclarationsAgreeOnOne(Store& store) {
   constexpr int kVersions = 25;
   // results[t][v]: what thread t's declaration of version v + 1 returned.
@@ -2510,6 +2703,9 @@ inline void checkStoreConformance(const StoreFactory& makeStore) {
   SECTION("listWaiting pages with an exclusive (instance, run) cursor and a limit") {
     run(detail::listWaitingPages);
   }
+  SECTION("listWaiting leaves out Waiting runs with a completion recorded") {
+    run(detail::listWaitingLeavesOutRunsWithACompletion);
+  }
   SECTION("listRunning returns Running instances of exactly one process version, paged") {
     run(detail::listRunningReturnsRunningInstancesOfOneVersion);
   }
@@ -2562,6 +2758,12 @@ inline void checkStoreConformance(const StoreFactory& makeStore) {
   }
   SECTION("declare refuses an invalid declaration with InvalidArgument and writes nothing") {
     run(detail::declareRefusesInvalidDeclarationsWritingNothing);
+  }
+  SECTION("declared steps round-trip in name order with their kind and heartbeat") {
+    run(detail::declaredStepsRoundTripInNameOrder);
+  }
+  SECTION("declare refuses an invalid step with InvalidArgument and writes nothing") {
+    run(detail::declareRefusesInvalidStepsWritingNothing);
   }
   SECTION("concurrent first declarations of a version from 4 threads all return the winner's") {
     run(detail::concurrentFirstDeclarationsAgreeOnOne);

@@ -201,7 +201,8 @@ Result<std::vector<WaitingRow>> MemoryStore::listWaiting(const WaitingQuery& que
       if (!query.process.empty() && instance.record.process != query.process) continue;
       for (const auto& [run, record] : instance.runs) {
         if (it->first == query.afterInstance && run <= query.afterRun) continue;
-        if (record.status != StepRunStatus::Waiting) continue;
+        // A run with a completion recorded waits only for a host that defines its version.
+        if (record.status != StepRunStatus::Waiting || record.hasCompletion) continue;
         if (!query.step.empty() && record.step != query.step) continue;
         rows.push_back(WaitingRow{record, instance.record.process, instance.record.processVersion});
         if (rows.size() == query.limit) break;
@@ -301,12 +302,18 @@ Result<std::optional<StartKeyRecord>> MemoryStore::findStartKey(std::string_view
       });
 }
 
-Result<std::optional<Timestamp>> MemoryStore::nextLeaseExpiry(Timestamp after) {
+Result<std::optional<Timestamp>> MemoryStore::nextLeaseExpiry(Timestamp after,
+                                                              std::string_view notOwnedBy) {
   return state_->locked(kOutOfMemory, [&](State::Tables& t) -> Result<std::optional<Timestamp>> {
-    // The first entry after every (after, id): the earliest expiry later than `after`.
+    // From the first entry after every (after, id): the earliest expiry later
+    // than `after`, past the leases of `notOwnedBy`.
     auto it = t.leases.upper_bound({after, std::numeric_limits<InstanceId>::max()});
-    if (it == t.leases.end()) return std::nullopt;
-    return it->first;
+    for (; it != t.leases.end(); ++it) {
+      if (notOwnedBy.empty() || t.instances.at(it->second).record.leaseOwner != notOwnedBy) {
+        return it->first;
+      }
+    }
+    return std::nullopt;
   });
 }
 

@@ -3,10 +3,13 @@
 #include <chrono>
 #include <cstdint>
 #include <iterator>
+#include <thread>
 
+#include <SQLiteCpp/Exception.h>
 #include <SQLiteCpp/Statement.h>
 #include <SQLiteCpp/Transaction.h>
 #include <fmt/format.h>
+#include <sqlite3.h>
 
 #include "store/sqlite/codec.hpp"
 
@@ -224,6 +227,39 @@ CREATE TABLE process_fields (
   FOREIGN KEY (process, version) REFERENCES process_versions (process, version)
 ) WITHOUT ROWID;
 )sql"},
+    {5, "the declared steps of each process version, waiting_steps without completions", R"sql(
+-- The declared steps of each version, by name ('Sync', 'Async'): a host that
+-- does not define() the version takes a heartbeat with these. Written with the
+-- version's fields, in the same transaction, never changed; keyed by process
+-- like process_fields. Versions declared before this migration have no steps.
+CREATE TABLE process_steps (
+  process      TEXT    NOT NULL,
+  version      INTEGER NOT NULL,
+  step         TEXT    NOT NULL,
+  kind         TEXT    NOT NULL CHECK (kind = 'Sync' OR kind = 'Async'),
+  -- Microseconds a heartbeat moves a waiting run's deadline; NULL: it moves nothing.
+  heartbeat_us INTEGER CHECK (heartbeat_us >= 0),
+  PRIMARY KEY (process, version, step),
+  FOREIGN KEY (process, version) REFERENCES process_versions (process, version)
+) WITHOUT ROWID;
+
+-- A Waiting run with a completion recorded (has_completion = 1) is finished by
+-- the external system and waits only for a host that defines its version to
+-- move it on: it no longer waits for anyone outside, so it is not listed.
+DROP VIEW waiting_steps;
+CREATE VIEW waiting_steps AS
+SELECT r.instance_id || '_' || r.run ||
+         CASE WHEN r.secret = '' THEN '' ELSE '_' || r.secret END AS serial,
+       r.instance_id,
+       i.process,
+       i.process_version,
+       r.step,
+       datetime(r.waiting_since / 1000000, 'unixepoch') AS waiting_since,
+       datetime(r.deadline / 1000000, 'unixepoch') AS deadline,
+       r.correlation_key
+FROM step_runs AS r JOIN instances AS i ON i.id = r.instance_id
+WHERE r.status = 'Waiting' AND r.has_completion = 0;
+)sql"},
 };
 
 // What a file holds, read before anything is written to it.
@@ -285,12 +321,33 @@ Result<int> identify(SQLite::Database& db, const std::string& path) {
   return id.version;
 }
 
+namespace {
+
+// `PRAGMA journal_mode = WAL`, the mode it answers. Switching a file that is
+// not in WAL mode yet takes an exclusive lock, and SQLite answers SQLITE_BUSY
+// at once, without its busy handler, while another process opens the same
+// new file: so it is tried again, every millisecond, until `busyTimeout`.
+std::string switchToWal(SQLite::Database& db, std::chrono::milliseconds busyTimeout) {
+  const auto giveUp = std::chrono::steady_clock::now() + busyTimeout;
+  for (;;) {
+    try {
+      return db.execAndGet("PRAGMA journal_mode = WAL").getString();
+    } catch (const SQLite::Exception& e) {
+      const bool busy = (e.getErrorCode() & 0xff) == SQLITE_BUSY;
+      if (!busy || std::chrono::steady_clock::now() >= giveUp) throw;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+}  // namespace
+
 Result<void> configure(SQLite::Database& db, const std::string& path,
                        const SqliteOptions& options) {
   // Takes effect only while the file is empty (before journal_mode writes its
   // header); an existing file keeps its page size.
   db.exec(fmt::format("PRAGMA page_size = {}", options.pageSize));
-  const std::string mode = db.execAndGet("PRAGMA journal_mode = WAL").getString();
+  const std::string mode = switchToWal(db, options.busyTimeout);
   // ":memory:" databases cannot use WAL and keep their "memory" journal.
   if (mode != "wal" && mode != "memory") {
     return fail(Errc::StoreError,

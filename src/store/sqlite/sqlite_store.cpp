@@ -84,10 +84,13 @@ void addCompletionField(const SQLite::Statement& s, int index, StepRunRecord& re
   record.completion.set(name, std::move(value));
 }
 
-// The declaration of (process, version) that `s` (Reads::declaration) finds;
-// empty when the version is not declared.
-std::optional<ProcessDeclaration> readDeclaration(SQLite::Statement& s, const std::string& process,
+// The declaration of (process, version) as `reads` finds it (Reads::declaration,
+// then Reads::declaredSteps); empty when the version is not declared. Two
+// statements, yet one declaration: a version's rows are committed together and
+// never change, so once the first finds the version the second sees its steps.
+std::optional<ProcessDeclaration> readDeclaration(Reads& reads, const std::string& process,
                                                   int version) {
+  SQLite::Statement& s = reads.declaration;
   ResetOnExit reset(s);
   bindText(s, 1, process);
   s.bind(2, version);
@@ -102,6 +105,21 @@ std::optional<ProcessDeclaration> readDeclaration(SQLite::Statement& s, const st
     field.type = parseName<Type>(std::string_view(s.getColumn(1).getText()), "declared type");
     declaration.fields.push_back(std::move(field));
   } while (s.executeStep());
+
+  SQLite::Statement& steps = reads.declaredSteps;
+  ResetOnExit resetSteps(steps);
+  bindText(steps, 1, process);
+  steps.bind(2, version);
+  while (steps.executeStep()) {
+    StepDeclaration step;
+    step.name = bytesOf(steps.getColumn(0));
+    step.kind =
+        parseName<StepKind>(std::string_view(steps.getColumn(1).getText()), "declared step kind");
+    if (!steps.isColumnNull(2)) {
+      step.heartbeat = std::chrono::microseconds(steps.getColumn(2).getInt64());
+    }
+    declaration.steps.push_back(std::move(step));
+  }
   return declaration;
 }
 
@@ -161,7 +179,7 @@ class GroupWriter {
     return wrote;
   }
 
-  // Stores `declaration` (validated, its fields in name order) in a
+  // Stores `declaration` (validated, its fields and steps in name order) in a
   // transaction of its own unless its (process, version) has one, reading with
   // `reads` (prepared on this connection). The declaration stored, and whether
   // this call stored it. Throws SQLite::Exception; a failure writes nothing.
@@ -170,8 +188,7 @@ class GroupWriter {
     // IMMEDIATE: the look-up and the insert hold the write lock together, so of
     // two hosts declaring at once the second finds the first's rows.
     WriteTransaction transaction(writes_);
-    if (auto stored =
-            readDeclaration(reads.declaration, declaration.process, declaration.version)) {
+    if (auto stored = readDeclaration(reads, declaration.process, declaration.version)) {
       return {std::move(*stored), false};  // the transaction rolls back, empty
     }
     SQLite::Statement& version = writes_.insertProcessVersion;
@@ -185,6 +202,19 @@ class GroupWriter {
       s.bind(2, declaration.version);
       bindText(s, 3, field.name);
       bindName(s, 4, typeName(field.type));
+      run(s);
+    }
+    for (const StepDeclaration& step : declaration.steps) {
+      SQLite::Statement& s = writes_.insertProcessStep;
+      bindText(s, 1, declaration.process);
+      s.bind(2, declaration.version);
+      bindText(s, 3, step.name);
+      bindName(s, 4, detail::nameOf(step.kind));
+      if (step.heartbeat) {
+        s.bind(5, static_cast<std::int64_t>(step.heartbeat->count()));
+      } else {
+        s.bind(5);  // a heartbeat moves nothing
+      }
       run(s);
     }
     transaction.commit();
@@ -539,12 +569,13 @@ class SqliteStore::Impl {
     });
   }
 
-  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after) {
+  Result<std::optional<Timestamp>> nextLeaseExpiry(Timestamp after, std::string_view notOwnedBy) {
     return mapExceptions("nextLeaseExpiry", [&]() -> Result<std::optional<Timestamp>> {
       ReadConnection connection = readConnection();
       SQLite::Statement& s = connection.reads().nextLeaseExpiry;
       ResetOnExit reset(s);
       bindTime(s, 1, after);
+      s.bind(2, std::string(notOwnedBy));  // text: '' leaves nobody out
       std::optional<Timestamp> earliest;
       // An aggregate always answers one row: NULL when no Running instance has a lease.
       if (s.executeStep() && !s.isColumnNull(0)) earliest = fromMicros(s.getColumn(0).getInt64());
@@ -590,8 +621,7 @@ class SqliteStore::Impl {
       if (!valid) return valid;
       {
         ReadConnection connection = readConnection();
-        if (auto stored =
-                readDeclaration(connection.reads().declaration, valid->process, valid->version)) {
+        if (auto stored = readDeclaration(connection.reads(), valid->process, valid->version)) {
           return std::move(*stored);
         }
       }
@@ -605,7 +635,7 @@ class SqliteStore::Impl {
   Result<std::optional<ProcessDeclaration>> loadDeclaration(std::string_view process, int version) {
     return mapExceptions("loadDeclaration", [&]() -> Result<std::optional<ProcessDeclaration>> {
       ReadConnection connection = readConnection();
-      return readDeclaration(connection.reads().declaration, std::string(process), version);
+      return readDeclaration(connection.reads(), std::string(process), version);
     });
   }
 
@@ -805,8 +835,9 @@ Result<std::optional<StartKeyRecord>> SqliteStore::findStartKey(std::string_view
   return impl_->findStartKey(process, key);
 }
 
-Result<std::optional<Timestamp>> SqliteStore::nextLeaseExpiry(Timestamp after) {
-  return impl_->nextLeaseExpiry(after);
+Result<std::optional<Timestamp>> SqliteStore::nextLeaseExpiry(Timestamp after,
+                                                              std::string_view notOwnedBy) {
+  return impl_->nextLeaseExpiry(after, notOwnedBy);
 }
 
 Result<std::vector<ExpiredLease>> SqliteStore::listExpiredLeases(const LeaseQuery& query) {

@@ -50,15 +50,17 @@ std::string updateFromExcluded(const char* const (&names)[N], std::size_t keyCol
   return out;
 }
 
-// A page of waiting runs with their completion fields; filters are ?3 (process)
-// and ?4 (step), each present only in the statement that filters on it, so that
+// A page of waiting runs with their completion fields, leaving out the runs
+// with a completion recorded (Store::listWaiting); filters are ?3 (process) and
+// ?4 (step), each present only in the statement that filters on it, so that
 // the planner can pick the partial index that serves the query.
 std::string waitingSql(bool byProcess, bool byStep) {
   return fmt::format(
       "SELECT {}, w.process, w.process_version, c.name, c.type, c.value "
       "FROM (SELECT {}, i.process AS process, i.process_version AS process_version "
       "      FROM step_runs AS r JOIN instances AS i ON i.id = r.instance_id "
-      "      WHERE r.status = 'Waiting' AND (r.instance_id, r.run) > (?1, ?2){}{} "
+      "      WHERE r.status = 'Waiting' AND r.has_completion = 0 "
+      "      AND (r.instance_id, r.run) > (?1, ?2){}{} "
       "      ORDER BY r.instance_id, r.run LIMIT ?5) AS w "
       "LEFT JOIN completion_fields AS c ON c.instance_id = w.instance_id AND c.run = w.run "
       "ORDER BY w.instance_id, w.run",
@@ -113,7 +115,7 @@ Reads::Reads(SQLite::Database& db)
       nextLeaseExpiry(db,
                       "SELECT min(lease_expiry) FROM instances "
                       "WHERE status = 'Running' AND lease_expiry IS NOT NULL "
-                      "AND lease_expiry > ?1"),
+                      "AND lease_expiry > ?1 AND (?2 = '' OR lease_owner <> ?2)"),
       expiredLeases(db,
                     "SELECT id, process, process_version, lease_owner, lease_expiry "
                     "FROM instances "
@@ -125,6 +127,9 @@ Reads::Reads(SQLite::Database& db)
                   "LEFT JOIN process_fields AS f ON f.process = v.process "
                   "AND f.version = v.version "
                   "WHERE v.process = ?1 AND v.version = ?2 ORDER BY f.name"),
+      declaredSteps(db,
+                    "SELECT step, kind, heartbeat_us FROM process_steps "
+                    "WHERE process = ?1 AND version = ?2 ORDER BY step"),
       dataVersion(db, "PRAGMA data_version") {}
 
 Writes::Writes(SQLite::Database& db)
@@ -169,6 +174,9 @@ Writes::Writes(SQLite::Database& db)
                            "VALUES (?1, ?2, ?3)"),
       insertProcessField(db,
                          "INSERT INTO process_fields (process, version, name, type) "
-                         "VALUES (?1, ?2, ?3, ?4)") {}
+                         "VALUES (?1, ?2, ?3, ?4)"),
+      insertProcessStep(db,
+                        "INSERT INTO process_steps (process, version, step, kind, heartbeat_us) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5)") {}
 
 }  // namespace asyncflow::detail::sqlite

@@ -39,9 +39,10 @@ struct Reads {
   // ?1 instance, ?2 run. Rows: the run columns, then one completion field's
   // name, type, value per row (NULLs when none).
   SQLite::Statement stepRun;
-  // Pages of waiting runs (?1, ?2 cursor; ?3 process; ?4 step; ?5 limit). Rows:
-  // the run columns, process, process_version, a completion field. Index:
-  // (by process ? 2 : 0) + (by step ? 1 : 0).
+  // Pages of waiting runs without a completion recorded (?1, ?2 cursor; ?3
+  // process; ?4 step; ?5 limit). Rows: the run columns, process,
+  // process_version, a completion field. Index: (by process ? 2 : 0) +
+  // (by step ? 1 : 0).
   SQLite::Statement waiting[4];
   // ?1 process, ?2 version, ?3 after id, ?4 limit. Rows: id.
   SQLite::Statement running;
@@ -65,6 +66,9 @@ struct Reads {
   // ?1 process, ?2 version. No row when the version is not declared; else one
   // row per field, name and type in name order (one row of NULLs for none).
   SQLite::Statement declaration;
+  // ?1 process, ?2 version. Rows: the declared steps' step, kind, heartbeat_us,
+  // in name order (none for a version without steps, declared or not).
+  SQLite::Statement declaredSteps;
   // PRAGMA data_version: one row, a number that changes when another
   // connection commits.
   SQLite::Statement dataVersion;
@@ -104,6 +108,8 @@ struct Writes {
   SQLite::Statement insertProcessVersion;
   // ?1 process, ?2 version, ?3 name, ?4 type.
   SQLite::Statement insertProcessField;
+  // ?1 process, ?2 version, ?3 step, ?4 kind, ?5 heartbeat_us (NULL: none).
+  SQLite::Statement insertProcessStep;
 };
 
 }  // namespace asyncflow::detail::sqlite
