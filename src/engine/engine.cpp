@@ -61,8 +61,11 @@ Engine::Impl::Impl(std::shared_ptr<Store> store, EngineOptions options)
                  [this](Timestamp now) { return fireDueTimers(now); },
                  [this](LogLevel level, std::string_view message) { log(level, message); },
                  // Another host's lease is due skew_ after its expiry.
+                 // (Timestamp::min() stays itself: it must not wrap around.)
                  [this](Timestamp after) -> Result<std::optional<Timestamp>> {
-                   auto next = store_->nextLeaseExpiry(after - skew_, owner_);
+                   const Timestamp from =
+                       after < Timestamp::min() + skew_ ? Timestamp::min() : after - skew_;
+                   auto next = store_->nextLeaseExpiry(from, owner_);
                    if (!next || !*next) return next;
                    return std::optional<Timestamp>(**next + skew_);
                  },

@@ -267,9 +267,9 @@ void Engine::Impl::lease(ChangeSet& set) const {
   Transitions::takeLease(set, owner_, currentTime() + leaseDuration_);
 }
 
-// Every lease expired (or offered) at `now`, page by page, to a drive of this
-// host when it defines the version; a drive that finds it live again (renewed,
-// or taken by another host meanwhile) leaves it.
+// Every lease of another host expired (or offered) at `now`, page by page, to
+// a drive of this host when it defines the version; a drive that finds it live
+// again (renewed, or taken by another host meanwhile) leaves it.
 detail::TimerPass Engine::Impl::takeOver(Timestamp now) {
   detail::TimerPass pass;
   LeaseQuery query;
@@ -281,6 +281,8 @@ detail::TimerPass Engine::Impl::takeOver(Timestamp now) {
       return pass;
     }
     for (const ExpiredLease& lease : *expired) {
+      // Its own are queued or backing off here: those drives re-take them.
+      if (lease.owner == owner_) continue;
       if (!registry_.find(lease.process, lease.processVersion)) {
         ++pass.notFired;  // it waits for a host that defines it
         continue;

@@ -84,7 +84,8 @@ std::uint64_t TimerService::runAt(Timestamp when, std::function<void()> task) {
   {
     MutexLock lock(mutex_);
     if (stopping_) return 0;
-    first = tasks_.empty() || when < tasks_.begin()->first;
+    // The thread wakes anyway before a later time: tell it only of an earlier one.
+    first = asleep_ && (!sleepTarget_ || when < *sleepTarget_);
     token = ++lastToken_;
     tasks_.emplace(when, Task{token, std::move(task)});
   }
@@ -231,9 +232,12 @@ void TimerService::loop() {
     }
 
     const std::optional<Timestamp> wake = wakeTime(now);
+    asleep_ = true;
+    sleepTarget_ = wake;
     lock.unlock();
     alarm_->sleepUntil(wake);
     lock.lock();
+    asleep_ = false;
   }
 }
 

@@ -180,6 +180,11 @@ class TimerService {
   std::multimap<Timestamp, Task> tasks_ ASYNCFLOW_GUARDED_BY(mutex_);
   std::uint64_t lastToken_ ASYNCFLOW_GUARDED_BY(mutex_) = 0;
   bool stopping_ ASYNCFLOW_GUARDED_BY(mutex_) = false;
+  // What the thread sleeps (or is about to sleep) until, set with the lock held
+  // when it computes it: runAt() wakes it only for an earlier task. `asleep_`
+  // false: it is at work and looks at the tasks before it sleeps again.
+  bool asleep_ ASYNCFLOW_GUARDED_BY(mutex_) = false;
+  std::optional<Timestamp> sleepTarget_ ASYNCFLOW_GUARDED_BY(mutex_);
 
   // Started in the constructor, joined by stop().
   std::thread thread_;

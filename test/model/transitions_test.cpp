@@ -441,3 +441,289 @@ TEST_CASE("start writes the instance, its defaults and its first run, with a sec
   const Transitions bare(SerialForm::Bare, random);
   CHECK(bare.start(*process, {}, kT0)->stepRuns[0].secret.empty());
 }
+
+namespace {
+
+using asyncflow::InstanceRecord;
+using asyncflow::detail::LeaseState;
+using asyncflow::detail::leaseStateOf;
+
+InstanceRecord leased(InstanceStatus status, std::string owner, std::optional<Timestamp> expiry) {
+  InstanceRecord record;
+  record.id = 7;
+  record.status = status;
+  record.leaseOwner = std::move(owner);
+  record.leaseExpiry = expiry;
+  return record;
+}
+
+// recordEvent() of `kind` (with `heartbeat` as the declared interval) must
+// succeed; the set it writes.
+ChangeSet recorded(const Case& c, ServerEvent::Kind kind, Fields fields = {},
+                   std::string reason = {},
+                   std::optional<std::chrono::microseconds> heartbeat = std::nullopt) {
+  ServerEvent event;
+  event.kind = kind;
+  event.fields = std::move(fields);
+  event.reason = std::move(reason);
+  auto set = Transitions::recordEvent(c.snapshot, c.run, std::move(event), heartbeat, kNow);
+  REQUIRE(set.has_value());
+  return *set;
+}
+
+}  // namespace
+
+TEST_CASE("leaseStateOf: none, live, expired (at its expiry already) and offered") {
+  const Timestamp now = kT0;
+  CHECK(leaseStateOf(leased(InstanceStatus::Running, "", std::nullopt), now) == LeaseState::None);
+  CHECK(leaseStateOf(leased(InstanceStatus::Running, "web-1/00", std::nullopt), now) ==
+        LeaseState::None);
+  CHECK(leaseStateOf(leased(InstanceStatus::Running, "web-1/00", now + 1us), now) ==
+        LeaseState::Live);
+  CHECK(leaseStateOf(leased(InstanceStatus::Running, "web-1/00", now), now) == LeaseState::Expired);
+  CHECK(leaseStateOf(leased(InstanceStatus::Running, "web-1/00", now - 1h), now) ==
+        LeaseState::Expired);
+  // Offered: no owner but an expiry, whenever that is.
+  CHECK(leaseStateOf(leased(InstanceStatus::Running, "", now), now) == LeaseState::Offered);
+  CHECK(leaseStateOf(leased(InstanceStatus::Running, "", now + 1h), now) == LeaseState::Offered);
+  // Only a Running instance carries a lease, whatever its record says.
+  for (InstanceStatus status : {InstanceStatus::Waiting, InstanceStatus::Completed,
+                                InstanceStatus::Failed, InstanceStatus::Cancelled}) {
+    INFO(asyncflow::statusName(status));
+    CHECK(leaseStateOf(leased(status, "web-1/00", now + 1h), now) == LeaseState::None);
+    CHECK(leaseStateOf(leased(status, "", now), now) == LeaseState::None);
+  }
+}
+
+TEST_CASE("takeLease and offerLease write the lease of a Running set, and clear any other's") {
+  ChangeSet set;
+  set.instance.status = InstanceStatus::Running;
+  Transitions::takeLease(set, "web-1/00", kT0 + 30s);
+  CHECK(set.instance.leaseOwner == "web-1/00");
+  CHECK(set.instance.leaseExpiry == kT0 + 30s);
+  CHECK(leaseStateOf(set.instance, kT0) == LeaseState::Live);
+
+  Transitions::offerLease(set, kT0 + 5s);
+  CHECK(set.instance.leaseOwner.empty());
+  CHECK(set.instance.leaseExpiry == kT0 + 5s);  // expired at once: any host may take it
+  CHECK(leaseStateOf(set.instance, kT0 + 5s) == LeaseState::Offered);
+
+  for (InstanceStatus status : {InstanceStatus::Waiting, InstanceStatus::Completed,
+                                InstanceStatus::Failed, InstanceStatus::Cancelled}) {
+    INFO(asyncflow::statusName(status));
+    ChangeSet other;
+    other.instance = leased(status, "old/11", kT0 + 1h);
+    Transitions::takeLease(other, "web-1/00", kT0 + 30s);
+    CHECK(other.instance.leaseOwner.empty());
+    CHECK_FALSE(other.instance.leaseExpiry.has_value());
+    other.instance = leased(status, "old/11", kT0 + 1h);
+    Transitions::offerLease(other, kT0);
+    CHECK(other.instance.leaseOwner.empty());
+    CHECK_FALSE(other.instance.leaseExpiry.has_value());
+  }
+}
+
+TEST_CASE(
+    "recordEvent on a Waiting run: the completion is recorded, the deadline cleared, and "
+    "the instance runs again") {
+  const Case c = caseOf(StepRunStatus::Waiting);
+  REQUIRE(c.run.deadline.has_value());
+
+  SECTION("a completion") {
+    const ChangeSet set = recorded(c, ServerEvent::Kind::Complete, Fields{{"Status", "Approved"}});
+    CHECK(set.expectedVersion == c.snapshot.record.version);
+    const StepRunRecord* run = runIn(set, 2);
+    REQUIRE(run != nullptr);
+    CHECK(run->status == StepRunStatus::Waiting);  // closed by a host that defines the version
+    CHECK(run->hasCompletion);
+    CHECK(run->completion == Fields{{"Status", "Approved"}});
+    CHECK(run->error.empty());
+    CHECK_FALSE(run->deadline.has_value());
+    CHECK_FALSE(Transitions::isDue(*run, kNow + 24h));
+    CHECK(set.instance.status == InstanceStatus::Running);
+    CHECK(set.fields.empty());  // the fields stay on the run until it is closed
+    CHECK(runIn(set, 3) == nullptr);
+    REQUIRE(set.history.size() == 1);
+    CHECK(set.history[0].kind == HistoryKind::CompletionRecorded);
+    CHECK(set.history[0].run == 2);
+    CHECK(set.history[0].detail == "for a host that defines version 1");
+    // A host that defines the version closes it with what was recorded.
+    const auto decision = Transitions::recordedDecision(*run);
+    REQUIRE(decision.has_value());
+    CHECK(decision->kind == Decision::Kind::Complete);
+  }
+  SECTION("a failure, with its reason, or the generic one") {
+    ChangeSet set =
+        recorded(c, ServerEvent::Kind::Fail, Fields{{"Status", "Refused"}}, "no credit");
+    const StepRunRecord* run = runIn(set, 2);
+    REQUIRE(run != nullptr);
+    CHECK(run->status == StepRunStatus::Waiting);
+    CHECK(run->hasCompletion);
+    CHECK(run->error == "no credit");
+    CHECK(run->completion == Fields{{"Status", "Refused"}});
+    CHECK_FALSE(run->deadline.has_value());
+    CHECK(set.instance.status == InstanceStatus::Running);
+    CHECK(set.history.at(0).detail == "failure: no credit; for a host that defines version 1");
+    const auto decision = Transitions::recordedDecision(*run);
+    REQUIRE(decision.has_value());
+    CHECK(decision->kind == Decision::Kind::Fail);
+    CHECK(decision->text == "no credit");
+
+    set = recorded(c, ServerEvent::Kind::Fail);
+    CHECK(runIn(set, 2)->error == "the external system reported a failure");
+  }
+}
+
+TEST_CASE("recordEvent on a Starting run records the completion as applyEvent does") {
+  static const auto process = orderProcess();
+  asyncflow::testing::CountingRandom random;
+  const Transitions transitions(SerialForm::WithSecret, random);
+  const Case c = caseOf(StepRunStatus::Starting);
+  ServerEvent complete;
+  complete.kind = ServerEvent::Kind::Complete;
+  complete.fields = Fields{{"Status", "Approved"}};
+  const ChangeSet byRecord = recorded(c, complete.kind, complete.fields);
+  auto byApply = transitions.applyEvent(*process, c.snapshot, c.run, complete, kNow);
+  REQUIRE(byApply.has_value());
+  CHECK(byRecord.stepRuns == byApply->stepRuns);
+  CHECK(byRecord.instance == byApply->instance);
+  CHECK(byRecord.instance.status == InstanceStatus::Running);  // as it was
+  REQUIRE(byRecord.history.size() == 1);
+  CHECK(byRecord.history[0].kind == HistoryKind::CompletionRecorded);
+  CHECK(byRecord.history[0].detail.empty());
+  const StepRunRecord* run = runIn(byRecord, 2);
+  CHECK(run->status == StepRunStatus::Starting);
+  CHECK(run->hasCompletion);
+  // Applied by close() when the handler returns, not by recordedDecision().
+  CHECK_FALSE(Transitions::recordedDecision(*run).has_value());
+
+  const ChangeSet failed = recorded(c, ServerEvent::Kind::Fail, {}, "ERP down");
+  CHECK(runIn(failed, 2)->error == "ERP down");
+  CHECK(failed.history.at(0).detail == "failure: ERP down");
+  CHECK(failed.instance.status == InstanceStatus::Running);
+}
+
+TEST_CASE("recordEvent of a heartbeat moves a waiting deadline by the interval given, if any") {
+  const Case c = caseOf(StepRunStatus::Waiting);
+  SECTION("with an interval") {
+    const ChangeSet set = recorded(c, ServerEvent::Kind::Heartbeat, {}, {}, 10min);
+    CHECK(runIn(set, 2)->deadline == kNow + 10min);
+    CHECK(runIn(set, 2)->status == StepRunStatus::Waiting);
+    CHECK(set.instance.status == InstanceStatus::Waiting);
+    CHECK(set.history.at(0).kind == HistoryKind::Heartbeat);
+    CHECK(set.history.at(0).detail == "deadline moved");
+  }
+  SECTION("without one: recorded, nothing moves") {
+    const ChangeSet set = recorded(c, ServerEvent::Kind::Heartbeat);
+    CHECK(runIn(set, 2)->deadline == c.run.deadline);
+    CHECK(set.history.at(0).kind == HistoryKind::Heartbeat);
+    CHECK(set.history.at(0).detail.empty());
+  }
+  SECTION("on a Waiting run whose completion is recorded: nothing moves") {
+    Case done = caseOf(StepRunStatus::Waiting);
+    done.run.hasCompletion = true;
+    done.run.deadline.reset();
+    done.snapshot.record.status = InstanceStatus::Running;
+    const ChangeSet set = recorded(done, ServerEvent::Kind::Heartbeat, {}, {}, 10min);
+    CHECK_FALSE(runIn(set, 2)->deadline.has_value());
+    CHECK(set.history.at(0).detail.empty());
+  }
+  SECTION("on a Starting run: recorded, no deadline") {
+    const ChangeSet set =
+        recorded(caseOf(StepRunStatus::Starting), ServerEvent::Kind::Heartbeat, {}, {}, 10min);
+    CHECK_FALSE(runIn(set, 2)->deadline.has_value());
+    CHECK(set.history.at(0).kind == HistoryKind::Heartbeat);
+  }
+}
+
+TEST_CASE("recordEvent refuses what admit() refuses first: a finished run, a second completion") {
+  for (StepRunStatus status : {StepRunStatus::Completed, StepRunStatus::Failed,
+                               StepRunStatus::TimedOut, StepRunStatus::Cancelled}) {
+    INFO(asyncflow::statusName(status));
+    const Case c = caseOf(status);
+    ServerEvent event;
+    event.kind = ServerEvent::Kind::Complete;
+    auto set = Transitions::recordEvent(c.snapshot, c.run, event, std::nullopt, kNow);
+    REQUIRE_FALSE(set.has_value());
+    CHECK(set.error().code == Errc::Internal);
+  }
+  Case twice = caseOf(StepRunStatus::Waiting);
+  twice.run.hasCompletion = true;
+  ServerEvent again;
+  again.kind = ServerEvent::Kind::Complete;
+  auto set = Transitions::recordEvent(twice.snapshot, twice.run, again, std::nullopt, kNow);
+  REQUIRE_FALSE(set.has_value());
+  CHECK(set.error().code == Errc::Internal);
+}
+
+TEST_CASE("recordedDecision: only a Waiting run with a recorded completion or failure") {
+  Case c = caseOf(StepRunStatus::Waiting);
+  CHECK_FALSE(Transitions::recordedDecision(c.run).has_value());  // nothing recorded
+  c.run.hasCompletion = true;
+  c.run.completion.set("Status", "Approved");
+  auto decision = Transitions::recordedDecision(c.run);
+  REQUIRE(decision.has_value());
+  CHECK(decision->kind == Decision::Kind::Complete);
+  CHECK(decision->writes.empty());  // close() merges the run's completion itself
+  c.run.error = "refused";
+  decision = Transitions::recordedDecision(c.run);
+  REQUIRE(decision.has_value());
+  CHECK(decision->kind == Decision::Kind::Fail);
+  CHECK(decision->text == "refused");
+  for (StepRunStatus status : {StepRunStatus::Ready, StepRunStatus::Starting,
+                               StepRunStatus::Completed, StepRunStatus::Failed}) {
+    INFO(asyncflow::statusName(status));
+    Case other = caseOf(status);
+    other.run.hasCompletion = true;
+    CHECK_FALSE(Transitions::recordedDecision(other.run).has_value());
+  }
+}
+
+TEST_CASE("a recorded completion closes its Waiting run through close(), as if it just arrived") {
+  static const auto process = orderProcess();
+  asyncflow::testing::CountingRandom random;
+  const Transitions transitions(SerialForm::WithSecret, random);
+  const Case waiting = caseOf(StepRunStatus::Waiting);
+  Case c = waiting;
+  c.run = *runIn(recorded(waiting, ServerEvent::Kind::Complete, Fields{{"Status", "Approved"}}), 2);
+  c.snapshot.record.status = InstanceStatus::Running;
+  auto set =
+      transitions.close(*process, c.snapshot, c.run, *Transitions::recordedDecision(c.run), kNow);
+  REQUIRE(set.has_value());
+  CHECK(runIn(*set, 2)->status == StepRunStatus::Completed);
+  CHECK(set->fields == Fields{{"Status", "Approved"}});
+  CHECK(runIn(*set, 3)->step == "Notify");
+
+  c.run =
+      *runIn(recorded(waiting, ServerEvent::Kind::Fail, Fields{{"Status", "Refused"}}, "no"), 2);
+  set = transitions.close(*process, c.snapshot, c.run, *Transitions::recordedDecision(c.run), kNow);
+  REQUIRE(set.has_value());
+  CHECK(runIn(*set, 2)->status == StepRunStatus::Failed);
+  CHECK(runIn(*set, 2)->error == "no");
+  CHECK(set->fields == Fields{{"Status", "Refused"}});
+  CHECK(runIn(*set, 3)->step == "Repair");  // the error line
+}
+
+TEST_CASE("a Waiting run with a completion recorded refuses another, but takes a heartbeat") {
+  Case c = caseOf(StepRunStatus::Waiting);
+  c.run.hasCompletion = true;
+  c.run.completion.set("Status", "Approved");
+  c.run.deadline.reset();
+  c.snapshot.record.status = InstanceStatus::Running;
+  for (auto kind : {ServerEvent::Kind::Complete, ServerEvent::Kind::Fail}) {
+    auto admitted = Transitions::admit(c.snapshot, c.run, kind);
+    REQUIRE_FALSE(admitted.has_value());
+    CHECK(admitted.error().code == Errc::AlreadyCompleted);
+    CHECK(contains(admitted.error().message, "7_2"));
+  }
+  CHECK(Transitions::admit(c.snapshot, c.run, ServerEvent::Kind::Heartbeat).has_value());
+  CHECK(Transitions::admit(c.snapshot, c.run, std::nullopt).has_value());
+}
+
+TEST_CASE("a Waiting run with a completion recorded is never due, even past a deadline") {
+  Case c = caseOf(StepRunStatus::Waiting);
+  REQUIRE(Transitions::isDue(c.run, kNow));
+  c.run.hasCompletion = true;  // a deadline left in place (recordEvent clears it)
+  CHECK_FALSE(Transitions::isDue(c.run, kNow));
+  CHECK_FALSE(Transitions::isDue(c.run, kNow + 24h));
+}
