@@ -6,7 +6,8 @@
 // serials are equal. Each holds instances in every state a serial can name:
 // waiting (secret and bare serials), completed, waiting at a second step,
 // cancelled, timed out, failed through an error line, failed outright, one
-// whose process version is not defined, and runs left Ready/Starting by a
+// whose process version is defined only by the stored declaration (a host
+// without it records a completion for one that defines it), and runs left Ready/Starting by a
 // "crash" (for early completions). The input is a list of operations
 // (server events, timer firings, starts, cancels); a server event's serial is
 // raw bytes, a known serial, a mutated known serial (another secret, a flipped
@@ -16,7 +17,7 @@
 // - the answer is success or one of the documented Errc, and is exactly what the
 //   state before allows: success when nothing stands in the way, otherwise one of
 //   the codes of the obstacles present (malformed or wrong secret, unknown,
-//   completed, failed, timed out, cancelled, undefined version, bad field);
+//   completed, failed, timed out, cancelled, a version nobody declared, bad field);
 // - a serial whose secret is not the run's never completes anything, and no
 //   answer tells a stored secret that the caller did not send;
 // - an error changes nothing in the store;
@@ -128,8 +129,9 @@ Process plainProcess() {
   return p;
 }
 
-// Defined only by the engine that populates the store: the fuzzed engines answer
-// ProcessNotDefined for its instances.
+// Defined only by the engine that populates the store: the fuzzed engines check
+// events of its instances against its stored declaration (no fields) and
+// record a completion for a host that defines it (DESIGN.md section 8).
 Process goneProcess() {
   Process p("Gone", 1);
   p.step(AsyncStep("Wait", [](AsyncStepContext&) { return StartOutcome::wait(); }));
@@ -139,7 +141,8 @@ Process goneProcess() {
 const std::vector<Declared>* declaredBy(const std::string& process) {
   if (process == "Order") return &kOrderFields;
   if (process == "Plain") return &kPlainFields;
-  if (process == "Gone") return nullptr;  // not defined in the fuzzed engines
+  static const std::vector<Declared> kGoneFields;  // declares none
+  if (process == "Gone") return &kGoneFields;      // stored; not defined in the fuzzed engines
   return nullptr;
 }
 
@@ -466,8 +469,9 @@ std::set<Errc> obstacles(const State& before, bool bareEngine, Event event,
   if (run.status == StepRunStatus::Completed) codes.insert(Errc::AlreadyCompleted);
   if (run.status == StepRunStatus::Failed) codes.insert(Errc::StepFailed);
   if (run.status == StepRunStatus::TimedOut) codes.insert(Errc::TimedOut);
-  if (!isTerminal(run.status) && run.status != StepRunStatus::Waiting && run.hasCompletion &&
-      event != Event::Heartbeat) {
+  // A completion recorded early, or on a Waiting run by a host without the
+  // version, answers a second one AlreadyCompleted.
+  if (!isTerminal(run.status) && run.hasCompletion && event != Event::Heartbeat) {
     codes.insert(Errc::AlreadyCompleted);
   }
   const auto* declared = declaredBy(record.process);
@@ -512,7 +516,9 @@ void checkSuccess(const World& world, const State& before, const State& after, E
     }
   }
   const StepRunRecord& runAfter = now.runs.at(parsed->run);
-  const bool waited = runBefore.status == StepRunStatus::Waiting;
+  // The fuzzed engines do not define "Gone": its waiting run is only recorded.
+  const bool definedHere = was.snapshot.record.process != "Gone";
+  const bool waited = runBefore.status == StepRunStatus::Waiting && definedHere;
   Fields normalized;
   if (event != Event::Heartbeat) {
     fieldsValid(*declaredBy(was.snapshot.record.process), fields, &normalized);
@@ -535,6 +541,11 @@ void checkSuccess(const World& world, const State& before, const State& after, E
             !identical(runAfter.completion, normalized) ||
             !identical(now.snapshot.fields, was.snapshot.fields)) {
           broken("an early event is recorded, not applied", context);
+        }
+        if (!definedHere && (now.snapshot.record.status != InstanceStatus::Running ||
+                             !now.snapshot.record.leaseOwner.empty() || runAfter.deadline)) {
+          broken("a wait finished on a host without the version is offered, its deadline gone",
+                 context);
         }
         if (event == Event::Fail && runAfter.error != reason &&
             !(reason.empty() && !runAfter.error.empty())) {
