@@ -1,25 +1,29 @@
 // One life of the crash harness's workload: the engine on a SQLite file at
 // synchronous FULL, a starter, and a simulated external system whose completer
-// threads complete serials and log each acknowledged completion durably.
+// threads complete serials and log each acknowledged completion durably. Alone
+// on the file, or one of several hosts at once (CrashConfig::hosts).
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <exception>
+#include <filesystem>
 #include <iostream>
+#include <iterator>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
-#include <sstream>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <SQLiteCpp/SQLiteCpp.h>
@@ -31,60 +35,173 @@
 namespace asyncflow::crash {
 namespace {
 
-// Each life's lease: a killed life's instances are taken over this long after
-// its last commit.
-constexpr std::chrono::milliseconds kLease{250};
-
-}  // namespace
-
-namespace {
-
-// Consecutive StoreError or Conflict answers a completer accepts before it gives up.
+// Consecutive StoreError or Conflict answers a completer (or a start) accepts
+// before it gives up.
 constexpr int kMaxTransientErrors = 1000;
 
-// An append-only text file, one write(2) per line, shared by threads. With
-// `durable` each line is fsynced before append() returns. A SIGKILL cannot undo
-// a write(2) that returned (the page cache outlives the process), so without
-// fsync lines are lost only to a power cut, which this harness does not cause.
-// Opening cuts an incomplete last line that a kill left (it was never a record),
-// so the next line starts on a line of its own.
-class AppendLog {
- public:
-  AppendLog(const std::string& path, bool durable)
-      : fd_(::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644)),
-        durable_(durable) {
-    if (fd_ < 0) throw std::runtime_error(fmt::format("cannot open {}: errno {}", path, errno));
-    std::size_t torn = 0;
-    std::size_t keep = 0;
-    for (const std::string& line : readCompleteLines(path, torn)) keep += line.size() + 1;
-    if (torn != 0 && ::ftruncate(fd_, static_cast<off_t>(keep)) != 0) {
-      ::close(fd_);
-      throw std::runtime_error(
-          fmt::format("cannot cut the torn line of {}: errno {}", path, errno));
-    }
-  }
-  ~AppendLog() { ::close(fd_); }
-  AppendLog(const AppendLog&) = delete;
-  AppendLog& operator=(const AppendLog&) = delete;
+// With several hosts: how often a life looks at the database's counts and at
+// the other lives' handler logs, how long without any instance completing (in
+// any host) before it sweeps waiting(), and before it calls the run stuck.
+constexpr std::chrono::milliseconds kPollInterval{100};
+constexpr std::chrono::milliseconds kScoutInterval{20};
+constexpr std::chrono::seconds kSweepAfter{1};
+constexpr std::chrono::seconds kStuckAfter{20};
+// With several hosts: Running instances (in all hosts) above which no life
+// starts one more, and how long a starter then waits before it looks again.
+constexpr std::int64_t kMaxRunning = 60;
+constexpr std::chrono::milliseconds kStartPause{10};
 
-  // Appends `line` (which ends in '\n'). False, with errno set, on an I/O error.
-  bool append(std::string_view line) {
-    std::lock_guard lock(mutex_);
-    while (!line.empty()) {
-      const ssize_t written = ::write(fd_, line.data(), line.size());
-      if (written < 0) {
-        if (errno == EINTR) continue;
-        return false;
+// The external system's memory of the serials other lives handed out: the Wait
+// lines of their handler logs. The first poll() reads every life's log, leaving
+// out the serials some ack log shows completed; later ones read what the lives
+// still running (none is recorded dead in lives.log yet) appended since, and the
+// logs of lives started after this one. Not thread-safe: one thread polls.
+class SerialScout {
+ public:
+  explicit SerialScout(const CrashConfig& config) : config_(config), nextLife_(config.life + 1) {}
+
+  // Wait serials of other lives' handler logs that no poll returned before.
+  std::vector<std::string> poll() {
+    std::vector<std::string> found;
+    readDeaths();
+    if (!started_) {
+      started_ = true;
+      std::size_t torn = 0;
+      for (const auto& [life, path] : lifeLogs(config_, "acks")) {
+        for (const std::string& line : readCompleteLines(path, torn)) {
+          seen_.insert(line.substr(0, line.find(' ')));
+        }
       }
-      line.remove_prefix(static_cast<std::size_t>(written));
+      for (const auto& [life, path] : lifeLogs(config_, "handlers")) {
+        if (life == config_.life) continue;
+        std::size_t offset = 0;
+        read(life, offset, found);
+        if (config_.hosts > 1 && dead_.count(life) == 0) tails_[life] = offset;
+      }
+      // Lives started before this one that have not opened their log yet.
+      for (std::size_t life = 1; config_.hosts > 1 && life < config_.life; ++life) {
+        if (dead_.count(life) == 0) tails_.emplace(life, 0);
+      }
+      return found;
     }
-    return !durable_ || ::fsync(fd_) == 0;
+    for (auto tail = tails_.begin(); tail != tails_.end();) {
+      read(tail->first, tail->second, found);
+      // A life recorded dead wrote its last line before the record: drop it.
+      tail = dead_.count(tail->first) != 0 ? tails_.erase(tail) : std::next(tail);
+    }
+    for (;;) {
+      std::size_t offset = 0;
+      if (std::filesystem::exists(handlerLogPath(config_, nextLife_))) {
+        read(nextLife_, offset, found);
+        if (dead_.count(nextLife_) == 0) tails_[nextLife_] = offset;
+      } else if (dead_.count(nextLife_) == 0) {
+        break;  // not started yet, or not yet at its log
+      }
+      ++nextLife_;
+    }
+    return found;
   }
 
  private:
-  std::mutex mutex_;
-  int fd_;
-  bool durable_;
+  void read(std::size_t life, std::size_t& offset, std::vector<std::string>& found) {
+    std::size_t torn = 0;
+    std::size_t consumed = 0;
+    for (const std::string& line :
+         readCompleteLines(handlerLogPath(config_, life), torn, offset, &consumed)) {
+      const auto parsed = parseHandlerLine(line);
+      if (parsed && parsed->begins && parsed->step == kWait &&
+          seen_.insert(parsed->serial).second) {
+        found.push_back(parsed->serial);
+      }
+    }
+    offset += consumed;
+  }
+
+  // "killed L<life> <micros>" and "exited L<life> <micros>" lines the parent added.
+  void readDeaths() {
+    std::size_t torn = 0;
+    std::size_t consumed = 0;
+    for (const std::string& line :
+         readCompleteLines(livesLogPath(config_), torn, livesOffset_, &consumed)) {
+      const auto mark = line.find(" L");
+      if (mark != std::string::npos)
+        dead_.insert(std::strtoull(line.c_str() + mark + 2, nullptr, 10));
+    }
+    livesOffset_ += consumed;
+  }
+
+  const CrashConfig& config_;
+  bool started_ = false;
+  std::set<std::string, std::less<>> seen_;  // serials returned, or acknowledged in a log
+  std::set<std::size_t> dead_;
+  std::size_t livesOffset_ = 0;
+  std::map<std::size_t, std::size_t> tails_;  // life -> bytes of its log already read
+  std::size_t nextLife_;                      // the first later life not yet tailed
+};
+
+// The life's store: the SQLite store, with a line in the life's starts log for
+// every step start a commit is about to write, before it is written, with the
+// lease written along ("start ..."), and one for each of them that the commit
+// then did not write ("lost ...": a conflict, a taken start key or a failure).
+// A kill during the commit leaves the first line, so every StepStarted entry
+// in the file has its "start" line (see startLogPath).
+class StartLoggingStore final : public StoreWrapper {
+ public:
+  StartLoggingStore(std::shared_ptr<Store> target, AppendLog& log, std::size_t life)
+      : StoreWrapper(std::move(target)), log_(log), life_(life) {}
+
+  Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) override {
+    std::vector<std::string> starts(batch.size());  // per set: its lines, without the verb
+    std::string lines;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const ChangeSet& set = batch[i];
+      for (const HistoryEvent& event : set.history) {
+        if (event.kind != HistoryKind::StepStarted) continue;
+        const auto run = std::find_if(set.stepRuns.begin(), set.stepRuns.end(),
+                                      [&](const StepRunRecord& r) { return r.run == event.run; });
+        const bool leased = !set.instance.leaseOwner.empty() && set.instance.leaseExpiry;
+        starts[i] += fmt::format(
+            " {} {} {} {} {} {} {} L{}\n", set.instance.id,
+            set.instance.id == 0 ? set.fields.getOr<std::int64_t>(kSeq, 0) : 0, event.run,
+            event.step, run == set.stepRuns.end() ? 0 : run->attempt, microsOf(event.at),
+            leased ? std::to_string(microsOf(*set.instance.leaseExpiry)) : std::string("-"), life_);
+      }
+      lines += prefixed("start", starts[i]);
+    }
+    if (lines.empty()) return StoreWrapper::apply(std::move(batch));
+    if (!log_.append(lines)) {
+      return fail(Errc::StoreError, fmt::format("starts log: write failed, errno {}", errno));
+    }
+    auto results = StoreWrapper::apply(std::move(batch));
+    std::string lost;
+    for (std::size_t i = 0; i < starts.size(); ++i) {
+      if (!results || (*results)[i].status != ApplyStatus::Applied) {
+        lost += prefixed("lost", starts[i]);
+      }
+    }
+    if (!lost.empty()) log_.append(lost);  // lost with a kill, it only leaves a line unmatched
+    return results;
+  }
+
+ private:
+  static std::int64_t microsOf(Timestamp t) {
+    return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+  }
+
+  // Each line of `lines` (" ...\n" each) with `verb` in front.
+  static std::string prefixed(std::string_view verb, const std::string& lines) {
+    std::string out;
+    std::size_t begin = 0;
+    for (std::size_t end = lines.find('\n'); end != std::string::npos;
+         begin = end + 1, end = lines.find('\n', begin)) {
+      out += verb;
+      out.append(lines, begin, end + 1 - begin);
+    }
+    return out;
+  }
+
+  AppendLog& log_;
+  const std::size_t life_;
 };
 
 class Life;
@@ -103,8 +220,10 @@ class EndListener final : public Listener {
 class Life {
  public:
   explicit Life(const CrashConfig& config)
-      : config_(config), acks_(ackLogPath(config), true), handlers_(handlerLogPath(config), false) {
-  }
+      : config_(config), acks_(ackLogPath(config, config.life), true),
+        handlers_(handlerLogPath(config, config.life), false),
+        engineLog_(engineLogPath(config, config.life), false),
+        startsLog_(startLogPath(config, config.life), false), scout_(config) {}
 
   int run() {
     auto store = SqliteStore::open(databasePath(config_));  // synchronous FULL by default
@@ -133,18 +252,29 @@ class Life {
     options.timerThread = true;
     options.leaseDuration = kLease;
     options.listener = std::make_shared<EndListener>(*this);
-    engine_ = std::make_unique<Engine>(std::move(*store), std::move(options));
+    // Kept for the checker: an instance the engine had trouble with (a store
+    // failure, then a drive after a back-off) may re-run early on this host.
+    options.log = [this](LogLevel level, std::string_view message) {
+      if (level < LogLevel::Warning) return;
+      std::string line = fmt::format("{} {} {}\n", wallMicros(),
+                                     level == LogLevel::Warning ? "Warning" : "Error", message);
+      std::replace(line.begin(), line.end() - 1, '\n', ' ');
+      engineLog_.append(line);
+    };
+    engine_ = std::make_unique<Engine>(
+        std::make_shared<StartLoggingStore>(std::shared_ptr<Store>(std::move(*store)), startsLog_,
+                                            config_.life),
+        std::move(options));
 
     std::vector<std::thread> completers;
     for (std::size_t i = 0; i < config_.completers; ++i) {
       completers.emplace_back([this, i] { completerLoop(i); });
     }
-    const int code = drive(existing, quota);
-    if (code == kAllDone && config_.idleFd >= 0) {
+    const int code = config_.hosts > 1 ? driveShared(quota) : drive(existing, quota);
+    if (code == kAllDone && config_.idleFd >= 0 && config_.hosts == 1) {
       // Done before the kill: tell the parent, which counts the kill as landing
       // on an idle life, and wait for it. (PR_SET_PDEATHSIG ends an orphan.)
-      while (::write(config_.idleFd, "d", 1) < 0 && errno == EINTR) {
-      }
+      sayIdle();
       for (;;) ::pause();
     }
     {
@@ -153,6 +283,7 @@ class Life {
     }
     changed_.notify_all();
     for (auto& thread : completers) thread.join();
+    if (scoutThread_.joinable()) scoutThread_.join();
     engine_->waitIdle();
     if (code == kAllDone && config_.verbose) {
       std::cout << fmt::format(
@@ -180,26 +311,14 @@ class Life {
   }
 
  private:
-  // The external system remembers the serials handed to it before the crash
-  // (the Wait lines of the handler log) and completes those it has not logged
-  // an acknowledgement for as soon as define() has registered the process:
-  // concurrently with the recovery define() queues for the workers, which may
-  // be re-running those very handlers. The missing instances start, and the
-  // life waits until every instance is Completed.
+  // Alone on the file. The external system remembers the serials handed to it
+  // before the crash (the Wait lines of the handler logs) and completes those
+  // it has not logged an acknowledgement for as soon as define() has
+  // registered the process: concurrently with the recovery define() queues for
+  // the workers, which may be re-running those very handlers. The missing
+  // instances start, and the life waits until every instance is Completed.
   int drive(std::size_t existing, std::size_t quota) {
-    std::size_t torn = 0;
-    std::set<std::string, std::less<>> acknowledged;
-    for (const std::string& line : readCompleteLines(ackLogPath(config_), torn)) {
-      acknowledged.insert(line.substr(0, line.find(' ')));
-    }
-    for (const std::string& line : readCompleteLines(handlerLogPath(config_), torn)) {
-      std::istringstream fields(line);  // "<instance> <step> <attempt> <serial> L<life>"
-      std::string instance, step, attempt, serial;
-      if (fields >> instance >> step >> attempt >> serial && step == kWait &&
-          acknowledged.insert(serial).second) {
-        hand(serial);
-      }
-    }
+    for (std::string& serial : scout_.poll()) hand(std::move(serial));
     auto defined = engine_->define(workload());
     {
       std::lock_guard lock(mutex_);
@@ -242,6 +361,126 @@ class Life {
           failureCode_ = kChildStuck;
         }
       }
+    }
+  }
+
+  // One of several hosts on the file (config.hosts > 1). The lives that run at
+  // once share the work: each starts the instances up to its quota (all of
+  // them, as the parent runs it) that none started (by start key), drives what its engine runs or
+  // takes over, and completes every serial it hears of, its own handlers' and, from their logs, the
+  // other lives'. So completions come from any host, and often two hosts complete one serial (one
+  // is answered AlreadyCompleted). Whether the work is done is the database's count, since other
+  // hosts complete instances too. A life serves until the parent's last-kill mark, then returns
+  // once every instance is Completed. (The parent paces its kills by the same count.)
+  int driveShared(std::size_t quota) {
+    for (std::string& serial : scout_.poll()) hand(std::move(serial));
+    scoutThread_ = std::thread([this] { scoutLoop(); });
+    auto defined = engine_->define(workload());
+    {
+      std::lock_guard lock(mutex_);
+      defined_ = true;
+    }
+    changed_.notify_all();
+    if (!defined) return fatalNow("define: " + defined.error().toString());
+    try {
+      if (auto trouble = startMissing(quota)) return fatalNow(*trouble);
+      {
+        std::lock_guard lock(mutex_);
+        startingDone_ = true;
+      }
+      SQLite::Database reader(databasePath(config_), SQLite::OPEN_READONLY, 5000);
+      const auto began = std::chrono::steady_clock::now();
+      auto lastMove = began;
+      auto lastSweep = began;
+      std::int64_t lastCompleted = -1;
+      for (;;) {
+        {
+          std::unique_lock lock(mutex_);
+          if (changed_.wait_for(lock, kPollInterval, [&] { return failureCode_ != 0; })) {
+            return report(lock);
+          }
+        }
+        const WorkCounts work = countWork(reader);
+        const std::int64_t total = work.total;
+        const std::int64_t completed = work.completed();
+        const auto now = std::chrono::steady_clock::now();
+        if (completed != lastCompleted) {
+          lastCompleted = completed;
+          lastMove = now;
+        }
+        if (completed >= static_cast<std::int64_t>(config_.instances) &&
+            std::filesystem::exists(lastKillMarkPath(config_))) {
+          return kAllDone;
+        }
+        if (now - lastMove >= kSweepAfter && now - lastSweep >= kSweepAfter) {
+          // No instance completed anywhere for a while: ask the engine what waits.
+          lastSweep = now;
+          if (auto swept = sweepWaiting(); !swept) {
+            return fatalNow("waiting: " + swept.error().toString());
+          }
+        }
+        if (completed < total && now - lastMove >= kStuckAfter) {
+          std::cerr << fmt::format(
+              "asyncflow_crash child (life {}): no instance completed in any host for {} s, "
+              "yet {} of {} are open\n",
+              config_.life, kStuckAfter.count(), total - completed, total);
+          printOpenInstances();
+          return kChildStuck;
+        }
+      }
+    } catch (const std::exception& e) {
+      return fatalNow(fmt::format("reading the database: {}", e.what()));
+    }
+  }
+
+  // Starts each instance up to Seq `quota` that the database lacks, keyed by its
+  // Seq: lives racing for one Seq make one instance. Starts wait while
+  // kMaxRunning instances are Running (in any host), so that the hosts are not
+  // handed more than they drive within a lease. A message on failure.
+  std::optional<std::string> startMissing(std::size_t quota) {
+    SQLite::Database reader(databasePath(config_), SQLite::OPEN_READONLY, 5000);
+    std::set<std::int64_t> existing;
+    {
+      SQLite::Statement seqs(reader, "SELECT value FROM fields WHERE name = 'Seq'");
+      while (seqs.executeStep()) existing.insert(seqs.getColumn(0).getInt64());
+    }
+    for (std::int64_t seq = 1; seq <= static_cast<std::int64_t>(quota); ++seq) {
+      if (existing.count(seq) != 0) continue;
+      while (countWork(reader).running >= kMaxRunning) {
+        std::unique_lock lock(mutex_);
+        if (changed_.wait_for(lock, kStartPause, [&] { return failureCode_ != 0; })) {
+          return std::nullopt;  // the loop after reports it
+        }
+      }
+      for (int transient = 0;;) {
+        auto started = engine_->startOnce(kProcess, fmt::format("seq-{}", seq), {{kSeq, seq}});
+        if (started) break;
+        if (started.error().code != Errc::StoreError || ++transient >= kMaxTransientErrors) {
+          return fmt::format("startOnce #{}: {}", seq, started.error().toString());
+        }
+      }
+    }
+    return std::nullopt;
+  }
+
+  // Hands the serials other lives' handlers hand out as their logs grow.
+  void scoutLoop() {
+    std::unique_lock lock(mutex_);
+    while (!changed_.wait_for(lock, kScoutInterval, [&] { return finished_; })) {
+      lock.unlock();
+      try {
+        for (std::string& serial : scout_.poll()) hand(std::move(serial));
+      } catch (const std::exception& e) {
+        fatal(fmt::format("reading the other lives' logs: {}", e.what()));
+      }
+      lock.lock();
+    }
+  }
+
+  // Tells the parent (if it listens) that this life's share of the work is done.
+  void sayIdle() {
+    if (config_.idleFd < 0) return;
+    while (::write(config_.idleFd, "d", 1) < 0 && errno == EINTR) {
     }
   }
 
@@ -318,29 +557,44 @@ class Life {
         .field(kFinishAttempt, Type::Int64)
         .step(Step(kPrepare,
                    [this](StepContext& ctx) {
-                     logHandler(ctx, "-");
+                     const std::uint64_t run = logBegin(ctx, "-");
                      ctx.fields().set(kPrepareAttempt, ctx.attempt());
+                     logEnd(run);
                      return StepOutcome::next();
                    }))
         .step(AsyncStep(kWait,
                         [this](AsyncStepContext& ctx) {
-                          logHandler(ctx, ctx.serial());
+                          const std::uint64_t run = logBegin(ctx, ctx.serial());
                           ctx.fields().set(kWaitAttempt, ctx.attempt());
                           hand(ctx.serial());  // the outbound call to the external system
+                          logEnd(run);
                           return StartOutcome::wait();
                         }))
         .step(Step(kFinish, [this](StepContext& ctx) {
-          logHandler(ctx, "-");
+          const std::uint64_t run = logBegin(ctx, "-");
           ctx.fields().set(kFinishAttempt, ctx.attempt());
           ctx.fields().set(kFinishedToken, ctx.fields().getOr<std::string>(kToken, ""));
+          logEnd(run);
           return StepOutcome::next();
         }));
     return process;
   }
 
-  void logHandler(const StepContext& ctx, std::string_view serial) {
-    if (!handlers_.append(fmt::format("{} {} {} {} L{}\n", ctx.instanceId(), ctx.stepName(),
-                                      ctx.attempt(), serial, config_.life))) {
+  // The handler log's "run" line (see HandlerLine), its time read before the
+  // handler does anything; returns the run's number for logEnd().
+  std::uint64_t logBegin(const StepContext& ctx, std::string_view serial) {
+    const std::uint64_t run = ++handlerRuns_;
+    if (!handlers_.append(fmt::format("run {} {} {} {} L{} {} {}\n", ctx.instanceId(),
+                                      ctx.stepName(), ctx.attempt(), serial, config_.life, run,
+                                      wallMicros()))) {
+      fatal(fmt::format("handler log: write failed, errno {}", errno));
+    }
+    return run;
+  }
+
+  // The "end" line, its time read after everything the handler did.
+  void logEnd(std::uint64_t run) {
+    if (!handlers_.append(fmt::format("end L{} {} {}\n", config_.life, run, wallMicros()))) {
       fatal(fmt::format("handler log: write failed, errno {}", errno));
     }
   }
@@ -378,7 +632,9 @@ class Life {
           fatal(fmt::format("ack log: write failed, errno {}", errno));
         }
       } else if (completed.error().code == Errc::AlreadyCompleted) {
-        transient = 0;  // an earlier life (or another thread) completed it
+        // An earlier life, another host or another thread completed it; only
+        // that call's success wrote an ack line.
+        transient = 0;
       } else if ((completed.error().code == Errc::StoreError ||
                   completed.error().code == Errc::Conflict) &&
                  ++transient < kMaxTransientErrors) {
@@ -400,6 +656,11 @@ class Life {
   const CrashConfig& config_;
   AppendLog acks_;
   AppendLog handlers_;
+  AppendLog engineLog_;
+  AppendLog startsLog_;
+  std::atomic<std::uint64_t> handlerRuns_{0};
+  SerialScout scout_;  // drive() polls it once; with several hosts, then only scoutThread_
+  std::thread scoutThread_;
 
   std::mutex mutex_;
   std::condition_variable changed_;

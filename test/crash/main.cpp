@@ -3,40 +3,65 @@
 // A child process ("life") runs the engine on a SQLite file at synchronous FULL
 // with a workload: instances of Prepare (sync) -> Wait (async) -> Finish (sync),
 // and a simulated external system whose --completers threads complete the
-// serials handed to it, appending "<serial> <token>" to an fsynced ack log after
-// each acknowledged completion. The external system remembers the serials of
-// earlier lives and completes them while the new life's recovery runs. The
-// parent SIGKILLs each life a random --min-delay-ms..--max-delay-ms after
-// spawning it (5-200 ms; the upper bound adapts to how fast lives finish their
-// work, so most kills land on a busy life), --kills times; life L of K may start instances up to
-// L/(K+1) of --instances, so kills land throughout the workload (a life that
-// finished its share waits for its kill; the summary counts those). A final
-// life runs uninterrupted until every instance is Completed; then the checker
-// (crash.hpp lists what it checks) verifies that no acknowledged completion was
-// lost, every instance completed exactly once, no step run took two
-// completions, and every handler that ran again saw a higher attempt().
+// serials handed to it, appending "<serial> <token>" to the life's fsynced ack
+// log after each acknowledged completion. The external system remembers the
+// serials of earlier lives and completes them while the new life's recovery
+// runs. Every handler logs its run's begin and end (crash.hpp, HandlerLine),
+// every commit that starts a step logs the start and its lease first (starts
+// logs), and the parent records when each life was seen dead (lives.log).
 //
-//   asyncflow_crash run [--kills 25] [--instances 1000] [--seed N] [--dir D] [--keep]
-//                       [--completers 4] [--workers 2] [--min-delay-ms 5] [--max-delay-ms 200]
-//   asyncflow_crash check --dir D --instances N   # check a kept directory again
-//   asyncflow_crash selftest [--seed N]            # the checker rejects tampered files
-//   asyncflow_crash child ...                      # one life (the parent runs it)
+// One host (--hosts 1, the default): the parent SIGKILLs each life a random
+// --min-delay-ms..--max-delay-ms after spawning it (5-200 ms; the upper bound
+// adapts to how fast lives finish their work, so most kills land on a busy
+// life), --kills times; life L of K may start instances up to L/(K+1) of
+// --instances, so kills land throughout the workload (a life that finished its
+// share waits for its kill; the summary counts those). A final life runs
+// uninterrupted until every instance is Completed.
 //
-// The seed is printed first; the same seed replays the same kill delays (the
-// interleavings inside the lives still vary). On failure the files are kept.
+// Several hosts (--hosts H): H lives run at once on the file, each its own
+// engine with a lease and a timer, and take over what a killed one held once
+// its lease expires. Any life may start any missing instance (by start key, as
+// several may try one at once), while fewer than 60 instances are Running.
+// Kill j of the K comes once j/(K+1) of the instances are Completed, after a
+// random delay of the same bounds (so kills land throughout the work on any
+// machine): the parent SIGKILLs one of the lives, chosen at random, and starts
+// a new life in its place. Completions come from any host: each life also
+// completes the serials the other lives' handlers logged. After the last kill
+// the parent makes a mark, and the lives exit once every instance is Completed.
 //
-// CI runs the bounded mode: ctest crash.kill25 (25 kills, 1,000 instances, seed
-// 25; about 4 s on a 2-core VM, 6 s under ASan). The long mode, for manual runs
-// (about 2.5 minutes on the same VM; 60 instances per life keep most kills
-// landing on a life with work left):
+// Then the checker (crash.hpp lists what it checks) verifies that no
+// acknowledged completion was lost, every instance completed exactly once, no
+// step run took two completions, every handler that ran again saw a higher
+// attempt(), no two handler runs of one instance overlapped in time (in one
+// host or two), every handler ran in the life that scheduled its attempt, and
+// every takeover came after the lease it took had expired.
+//
+//   asyncflow_crash run [--kills 25] [--instances 1000] [--hosts 1] [--seed N] [--dir D]
+//                       [--keep] [--completers 4] [--workers 2] [--min-delay-ms 5]
+//                       [--max-delay-ms 200]
+//   asyncflow_crash check --dir D --instances N [--hosts H]  # check a kept directory again
+//   asyncflow_crash selftest [--seed N]                       # the checker rejects tampered files
+//   asyncflow_crash child ...                                 # one life (the parent runs it)
+//
+// The seed is printed first; the same seed replays the same kill delays and
+// choices (the interleavings inside the lives still vary). On failure the files
+// are kept.
+//
+// CI runs the bounded modes: ctest crash.kill25 (25 kills, 1,000 instances, seed
+// 25; about 9 s on a 2-core VM, as under ASan) and crash.hosts3 (3 hosts, 20
+// kills, 600 instances, seed 3; about 4 s, 6 s under ASan, 9 s under TSan). The
+// long modes, for manual runs (README.md, "Reliability", has their figures; 60
+// instances per kill keep most kills landing on a life with work left):
 //
 //   build/default/test/crash/asyncflow_crash run --kills 1000 --instances 60000
+//   build/default/test/crash/asyncflow_crash run --hosts 3 --kills 500 --instances 30000
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -62,11 +87,13 @@ using namespace asyncflow::crash;
 namespace fs = std::filesystem;
 
 constexpr int kUsageError = 64;
+// With several hosts, the parent gives up when no instance completes this long.
+constexpr std::chrono::seconds kNoProgress{60};
 
 void usage() {
   std::cerr << "usage: asyncflow_crash run|check|selftest|child [--kills K] [--instances N] "
-               "[--seed S] [--dir D] [--keep] [--completers C] [--workers W] [--min-delay-ms A] "
-               "[--max-delay-ms B] [--life L] [--verbose]\n";
+               "[--hosts H] [--seed S] [--dir D] [--keep] [--completers C] [--workers W] "
+               "[--min-delay-ms A] [--max-delay-ms B] [--life L] [--verbose]\n";
 }
 
 // Parses the flags after the mode into `config`. False (after a message) on a bad flag.
@@ -101,6 +128,8 @@ bool parseFlags(int argc, char** argv, CrashConfig& config) {
         config.kills = number();
       } else if (flag == "--instances") {
         config.instances = number();
+      } else if (flag == "--hosts") {
+        config.hosts = number();
       } else if (flag == "--completers") {
         config.completers = number();
       } else if (flag == "--workers") {
@@ -124,8 +153,9 @@ bool parseFlags(int argc, char** argv, CrashConfig& config) {
       return false;
     }
   }
-  if (config.instances == 0 || config.completers == 0 || config.minDelayMs > config.maxDelayMs) {
-    std::cerr << "asyncflow_crash: --instances and --completers must be positive, and "
+  if (config.instances == 0 || config.completers == 0 || config.hosts == 0 ||
+      config.minDelayMs > config.maxDelayMs) {
+    std::cerr << "asyncflow_crash: --instances, --completers and --hosts must be positive, and "
                  "--min-delay-ms at most --max-delay-ms\n";
     return false;
   }
@@ -141,7 +171,9 @@ struct Spawned {
 
 // Starts one life of the workload: this program, re-executed in "child" mode,
 // allowed to start instances up to `quota`. A killable life gets a pipe as fd 3
-// (--idle-fd 3) and dies with the parent (PR_SET_PDEATHSIG).
+// (--idle-fd 3) and dies with the parent (PR_SET_PDEATHSIG). It executes
+// /proc/self/exe, the parent's own file even if a build replaced the path
+// meanwhile, so every life of a run is the same program.
 Spawned spawnLife(const CrashConfig& config, std::size_t life, std::size_t quota, bool killable,
                   bool verbose) {
   constexpr int kIdleFd = 3;
@@ -149,6 +181,7 @@ Spawned spawnLife(const CrashConfig& config, std::size_t life, std::size_t quota
   std::vector<std::string> args = {self,           "child",
                                    "--dir",        config.dir,
                                    "--instances",  std::to_string(config.instances),
+                                   "--hosts",      std::to_string(config.hosts),
                                    "--quota",      std::to_string(quota),
                                    "--completers", std::to_string(config.completers),
                                    "--workers",    std::to_string(config.workers),
@@ -178,7 +211,7 @@ Spawned spawnLife(const CrashConfig& config, std::size_t life, std::size_t quota
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (::getppid() != parent) ::_exit(127);
     }
-    ::execv(self.c_str(), argv.data());
+    ::execv("/proc/self/exe", argv.data());
     ::_exit(127);
   }
   if (killable) ::close(idle[1]);
@@ -206,12 +239,191 @@ bool printFailures(const CheckReport& report) {
   return report.failures.empty();
 }
 
-// Spawns config.kills lives and SIGKILLs each a random delay after its spawn,
-// then runs the final life uninterrupted, then checks. Returns the exit code.
-// Life L of the K killed ones may start instances up to L/(K+1) of the total, so
-// every life has new work, and kills land throughout the workload; a life that
-// is done before its kill waits for it (counted as a kill of an idle life).
-int runHarness(CrashConfig config, bool quietSummary = false) {
+// The parent's side of a run: spawns the lives, kills them, records their ends.
+// Each method returns a message when the run cannot go on.
+class Parent {
+ public:
+  explicit Parent(const CrashConfig& config)
+      : config_(config), random_(config.seed), lives_(livesLogPath(config), true),
+        maxDelayMs_(config.maxDelayMs) {}
+
+  std::size_t idleKills() const { return idleKills_; }
+
+  // One host: config.kills lives, each SIGKILLed a random delay after its spawn,
+  // then a final life runs uninterrupted. Life L of the K killed ones may start
+  // instances up to L/(K+1) of the total, so every life has new work, and kills
+  // land throughout the workload; a life that is done before its kill waits for
+  // it (counted as a kill of an idle life).
+  std::optional<std::string> runAlone() {
+    for (std::size_t life = 1; life <= config_.kills; ++life) {
+      const std::size_t quota = (config_.instances * life + config_.kills) / (config_.kills + 1);
+      const auto delay = nextDelay();
+      const Spawned child = spawnLife(config_, life, quota, true, false);
+      if (child.pid < 0) return "cannot start a life";
+      std::this_thread::sleep_for(delay);  // the kill lands at a random moment of the life
+      if (auto trouble = kill(child, life)) return trouble;
+    }
+    const std::size_t last = config_.kills + 1;
+    const Spawned child = spawnLife(config_, last, config_.instances, false, config_.verbose);
+    if (child.pid < 0) return "cannot run the final life";
+    return awaitExit(child, last);
+  }
+
+  // Several hosts: config.hosts lives at once, each of which may start any
+  // instance (the lives throttle their starts, see Life::startMissing). Kill j
+  // of the K waits until j/(K+1) of the instances are Completed (so kills land
+  // throughout the work, however fast this machine is), then a random delay;
+  // then one of the lives, chosen at random, is SIGKILLed and a new life takes
+  // its place. After the last kill the lives finish the work.
+  std::optional<std::string> runShared() {
+    struct Host {
+      Spawned process;
+      std::size_t life = 0;
+    };
+    std::vector<Host> hosts;
+    std::size_t next = 1;
+    for (; next <= config_.hosts; ++next) {
+      hosts.push_back({spawnLife(config_, next, config_.instances, true, false), next});
+      if (hosts.back().process.pid < 0) return "cannot start a life";
+    }
+    // A life ends only by a kill until the mark.
+    auto endedEarly = [&]() -> std::optional<std::string> {
+      for (const Host& host : hosts) {
+        int status = 0;
+        if (::waitpid(host.process.pid, &status, WNOHANG) == host.process.pid) {
+          return fmt::format("life {} {} before the last kill", host.life, describeStatus(status));
+        }
+      }
+      return std::nullopt;
+    };
+    for (std::size_t kills = 0; kills < config_.kills; ++kills, ++next) {
+      const auto due =
+          static_cast<std::int64_t>(config_.instances * (kills + 1) / (config_.kills + 1));
+      std::int64_t completed = -1;
+      auto moved = std::chrono::steady_clock::now();
+      for (;;) {
+        if (auto trouble = endedEarly()) return trouble;
+        const std::int64_t now = completedSoFar();
+        if (now >= due) break;
+        if (now != completed) {
+          completed = now;
+          moved = std::chrono::steady_clock::now();
+        } else if (std::chrono::steady_clock::now() - moved > kNoProgress) {
+          return fmt::format("no instance completed for {} s before kill {} ({} of {} wanted)",
+                             kNoProgress.count(), kills + 1, completed, due);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      const auto until = std::chrono::steady_clock::now() + nextDelay();
+      while (std::chrono::steady_clock::now() < until) {
+        if (auto trouble = endedEarly()) return trouble;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+      Host& victim = hosts[random_() % hosts.size()];
+      if (auto trouble = kill(victim.process, victim.life)) return trouble;
+      victim = {spawnLife(config_, next, config_.instances, true, false), next};
+      if (victim.process.pid < 0) return "cannot start a life";
+    }
+    std::ofstream(lastKillMarkPath(config_)) << "no more kills\n";
+    // Every life must now exit with kAllDone. One that ends otherwise fails
+    // the run at once, and the others, which may wait for work that only it
+    // would have done, are killed.
+    while (!hosts.empty()) {
+      for (auto host = hosts.begin(); host != hosts.end();) {
+        int status = 0;
+        if (::waitpid(host->process.pid, &status, WNOHANG) != host->process.pid) {
+          ++host;
+          continue;
+        }
+        if (auto trouble = ended(host->process, host->life, status)) {
+          for (const Host& other : hosts) {
+            if (other.process.pid != host->process.pid) ::kill(other.process.pid, SIGKILL);
+          }
+          return trouble;
+        }
+        host = hosts.erase(host);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return std::nullopt;
+  }
+
+ private:
+  // The delays adapt to how long a life takes on this machine: after a kill that
+  // found the life idle (its work was done) the upper bound halves; after one
+  // that found it busy, it grows by a quarter, up to --max-delay-ms. So most
+  // kills land while a life still works, on a fast machine as on a slow one.
+  std::chrono::milliseconds nextDelay() {
+    const auto span = static_cast<std::uint64_t>(maxDelayMs_ - config_.minDelayMs) + 1;
+    return std::chrono::milliseconds(config_.minDelayMs + static_cast<int>(random_() % span));
+  }
+
+  // SIGKILLs a life and records, once waitpid() saw it die, that it was dead by then.
+  std::optional<std::string> kill(const Spawned& child, std::size_t life) {
+    char done = 0;
+    const bool idle = ::read(child.idleRead, &done, 1) == 1;
+    if (idle) ++idleKills_;
+    maxDelayMs_ = idle ? std::max(config_.minDelayMs, maxDelayMs_ / 2)
+                       : std::min(config_.maxDelayMs, maxDelayMs_ + maxDelayMs_ / 4 + 1);
+    ::close(child.idleRead);
+    ::kill(child.pid, SIGKILL);
+    int status = 0;
+    if (::waitpid(child.pid, &status, 0) != child.pid) return "waitpid failed";
+    if (!record("killed", life)) return "lives log: write failed";
+    if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) {
+      return fmt::format("life {} {}", life, describeStatus(status));
+    }
+    return std::nullopt;
+  }
+
+  // Waits for a life that is not to be killed; it must end with kAllDone.
+  std::optional<std::string> awaitExit(const Spawned& child, std::size_t life) {
+    int status = 0;
+    if (::waitpid(child.pid, &status, 0) != child.pid) return "waitpid failed";
+    return ended(child, life, status);
+  }
+
+  // Records the end of a life that was not to be killed (waitpid() gave its
+  // status); it must have ended with kAllDone.
+  std::optional<std::string> ended(const Spawned& child, std::size_t life, int status) {
+    if (child.idleRead >= 0) ::close(child.idleRead);
+    if (!record("exited", life)) return "lives log: write failed";
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != kAllDone) {
+      return fmt::format("life {} (not to be killed) {}", life, describeStatus(status));
+    }
+    return std::nullopt;
+  }
+
+  // Completed instances, from a read-only connection opened once the lives
+  // made the database; 0 before.
+  std::int64_t completedSoFar() {
+    try {
+      if (!reader_) {
+        if (!fs::exists(databasePath(config_))) return 0;
+        reader_.emplace(databasePath(config_), SQLite::OPEN_READONLY, 5000);
+      }
+      return countWork(*reader_).completed();
+    } catch (const std::exception&) {
+      reader_.reset();  // not a database yet (a life is creating it): look again later
+      return 0;
+    }
+  }
+
+  bool record(const char* how, std::size_t life) {
+    return lives_.append(fmt::format("{} L{} {}\n", how, life, wallMicros()));
+  }
+
+  const CrashConfig& config_;
+  std::mt19937_64 random_;  // the kill delays and victims
+  AppendLog lives_;
+  std::optional<SQLite::Database> reader_;
+  int maxDelayMs_;
+  std::size_t idleKills_ = 0;
+};
+
+// Runs the lives (Parent), then checks. Returns the exit code; with `report`,
+// hands the check's report out.
+int runHarness(CrashConfig config, bool quietSummary = false, CheckReport* report = nullptr) {
   const bool ownDir = config.dir.empty();
   if (ownDir) {
     config.dir = makeScratchDir();
@@ -224,73 +436,53 @@ int runHarness(CrashConfig config, bool quietSummary = false) {
   }
   if (!quietSummary) {
     std::cout << fmt::format(
-        "asyncflow_crash: seed {}; {} kills, {} instances, {} completers, {} workers, kill "
-        "after {}-{} ms; dir {}\n",
-        config.seed, config.kills, config.instances, config.completers, config.workers,
-        config.minDelayMs, config.maxDelayMs, config.dir);
+        "asyncflow_crash: seed {}; {} hosts, {} kills, {} instances, {} completers, {} workers, "
+        "kill after {}-{} ms; dir {}\n",
+        config.seed, config.hosts, config.kills, config.instances, config.completers,
+        config.workers, config.minDelayMs, config.maxDelayMs, config.dir);
   }
   const auto began = std::chrono::steady_clock::now();
-  std::mt19937_64 delays(config.seed);
-  std::size_t idleKills = 0;
   auto fail = [&](const std::string& why) {
     std::cout << fmt::format("FAIL (seed {}): {}\nfiles kept in {}\n", config.seed, why,
                              config.dir);
     return 1;
   };
 
-  // The delays adapt to how long a life takes on this machine: after a kill that
-  // found the life idle (its work was done) the upper bound halves; after one
-  // that found it busy, it grows by a quarter, up to --max-delay-ms. So most
-  // kills land while a life still works, on a fast machine as on a slow one.
-  int maxDelayMs = config.maxDelayMs;
-  for (std::size_t life = 1; life <= config.kills; ++life) {
-    const std::size_t quota = (config.instances * life + config.kills) / (config.kills + 1);
-    const auto span = static_cast<std::uint64_t>(maxDelayMs - config.minDelayMs) + 1;
-    const auto delay =
-        std::chrono::milliseconds(config.minDelayMs + static_cast<int>(delays() % span));
-    const Spawned child = spawnLife(config, life, quota, true, false);
-    if (child.pid < 0) return fail("cannot start a life");
-    std::this_thread::sleep_for(delay);  // the kill lands at a random moment of the life
-    char done = 0;
-    const bool idle = ::read(child.idleRead, &done, 1) == 1;
-    if (idle) ++idleKills;
-    maxDelayMs = idle ? std::max(config.minDelayMs, maxDelayMs / 2)
-                      : std::min(config.maxDelayMs, maxDelayMs + maxDelayMs / 4 + 1);
-    ::close(child.idleRead);
-    ::kill(child.pid, SIGKILL);
-    int status = 0;
-    if (::waitpid(child.pid, &status, 0) != child.pid) return fail("waitpid failed");
-    if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) {
-      return fail(fmt::format("life {} {}", life, describeStatus(status)));
-    }
+  config.verbose = !quietSummary;
+  std::size_t idleKills = 0;
+  {
+    Parent parent(config);
+    const auto trouble = config.hosts > 1 ? parent.runShared() : parent.runAlone();
+    if (trouble) return fail(*trouble);
+    idleKills = parent.idleKills();
   }
 
-  const std::size_t lives = config.kills + 1;
-  const Spawned last = spawnLife(config, lives, config.instances, false, !quietSummary);
-  int status = 0;
-  if (last.pid < 0 || ::waitpid(last.pid, &status, 0) != last.pid) {
-    return fail("cannot run the final life");
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != kAllDone) {
-    return fail(fmt::format("the final life {}", describeStatus(status)));
-  }
-
-  const CheckReport report = check(config);
+  CheckReport checked = check(config);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
-  if (!quietSummary || !report.failures.empty()) {
+  if (!quietSummary || !checked.failures.empty()) {
     std::cout << fmt::format(
-        "crash: seed {}: {} kills ({} of them after the life had done its work), {} lives, "
-        "{} instances each Completed exactly once, {} acknowledged completions checked ({} "
-        "more acknowledged but not logged before a kill), {} handler runs, {} re-runs "
-        "(Prepare {}, Wait {}, Finish {}) each with a higher attempt(), {} step starts after "
-        "a crash, {} torn log lines, {:.1f} s; lost: {}\n",
-        config.seed, config.kills, idleKills, lives, report.instances, report.acknowledged,
-        report.unlogged, report.handlerRuns, report.reruns(), report.rerunsPrepare,
-        report.rerunsWait, report.rerunsFinish, report.crashStarts, report.tornLines, seconds,
-        report.failures.empty() ? "0" : "see failures");
+        "crash: seed {}: {} hosts, {} kills{}, {} lives, {} instances each Completed exactly once, "
+        "{} acknowledged completions checked "
+        "({} more acknowledged but not logged before a kill), {} handler runs, {} re-runs "
+        "(Prepare {}, Wait {}, Finish {}) each with a higher attempt(), no two handler runs of "
+        "an instance at once, {} step starts after a crash: {} takeovers by another life ({} of "
+        "a life dead by then), each after the lease it took expired; {} restarts by the same "
+        "life after its lease expired, {} before it after a store failure, {} before it without "
+        "one, {} not attributed; {} engine warnings, {} torn log lines, {:.1f} s; lost: {}\n",
+        config.seed, config.hosts, config.kills,
+        config.hosts > 1 ? std::string(" (kill j once j/(kills+1) of the instances were Completed)")
+                         : fmt::format(" ({} of them after the life had done its work)", idleKills),
+        checked.lives, checked.instances, checked.acknowledged, checked.unlogged,
+        checked.handlerRuns, checked.reruns(), checked.rerunsPrepare, checked.rerunsWait,
+        checked.rerunsFinish, checked.crashStarts, checked.takeovers, checked.takeoversOfDead,
+        checked.restartsOwnExpired, checked.restartsAfterTrouble, checked.restartsByHolder,
+        checked.restartsUnattributed, checked.engineWarnings, checked.tornLines, seconds,
+        checked.failures.empty() ? "0" : "see failures");
+    for (const std::string& line : checked.someWarnings) std::cout << "  engine: " << line << '\n';
   }
-  if (!printFailures(report)) return fail("the checker found the failures above");
+  if (!printFailures(checked)) return fail("the checker found the failures above");
+  if (report != nullptr) *report = std::move(checked);
   if (ownDir && !config.keep) {
     fs::remove_all(config.dir);
   } else if (!quietSummary) {
@@ -300,100 +492,207 @@ int runHarness(CrashConfig config, bool quietSummary = false) {
 }
 
 // One way to break a passing run's files, and what the checker must then say.
+// `base` is the passing run's report.
 struct Tamper {
   const char* what;
   const char* expected;  // part of a failure message
-  void (*apply)(const CrashConfig& config);
+  void (*apply)(const CrashConfig& config, const CheckReport& base);
 };
 
-void execSql(const CrashConfig& config, const char* sql) {
+void execSql(const CrashConfig& config, const std::string& sql) {
   SQLite::Database db(databasePath(config), SQLite::OPEN_READWRITE);
-  if (db.exec(sql) < 1) throw std::runtime_error(std::string("tamper changed nothing: ") + sql);
+  if (db.exec(sql) < 1) throw std::runtime_error("tamper changed nothing: " + sql);
 }
 
 void appendLine(const std::string& path, const std::string& line) {
   std::ofstream(path, std::ios::app) << line << '\n';
 }
 
-std::string firstLine(const std::string& path) {
+// Replaces the line that starts with `prefix` (the first one) by `line`.
+void replaceLine(const std::string& path, const std::string& prefix, const std::string& line) {
   std::size_t torn = 0;
-  const auto lines = readCompleteLines(path, torn);
-  if (lines.empty()) throw std::runtime_error(path + " is empty");
-  return lines.front();
+  std::vector<std::string> lines = readCompleteLines(path, torn);
+  const auto found = std::find_if(lines.begin(), lines.end(), [&](const std::string& each) {
+    return each.compare(0, prefix.size(), prefix) == 0;
+  });
+  if (found == lines.end()) throw std::runtime_error(path + " has no line '" + prefix + "...'");
+  *found = line;
+  std::ofstream out(path, std::ios::trunc);
+  for (const std::string& each : lines) out << each << '\n';
+}
+
+// The first ack log and its first line.
+std::pair<std::string, std::string> firstAck(const CrashConfig& config) {
+  std::size_t torn = 0;
+  for (const auto& [life, path] : lifeLogs(config, "acks")) {
+    const auto lines = readCompleteLines(path, torn);
+    if (!lines.empty()) return {path, lines.front()};
+  }
+  throw std::runtime_error("no ack log has a line");
 }
 
 const Tamper kTampers[] = {
     {"an acknowledged completion whose token the file lacks", "lost:",
-     [](const CrashConfig& c) {
-       const std::string line = firstLine(ackLogPath(c));
-       appendLine(ackLogPath(c), line.substr(0, line.find(' ')) + " L0-C0-0");
+     [](const CrashConfig& c, const CheckReport&) {
+       const auto [path, line] = firstAck(c);
+       appendLine(path, line.substr(0, line.find(' ')) + " L0-C0-0");
      }},
-    {"an acknowledged serial no instance has",
-     "lost:", [](const CrashConfig& c) { appendLine(ackLogPath(c), "999999_2_AAAA L0-C0-0"); }},
+    {"an acknowledged serial no instance has", "lost:",
+     [](const CrashConfig& c, const CheckReport&) {
+       appendLine(firstAck(c).first, "999999_2_AAAA L0-C0-0");
+     }},
     {"a run with a second StepCompleted entry", "StepCompleted entries",
-     [](const CrashConfig& c) {
+     [](const CrashConfig& c, const CheckReport&) {
        execSql(c,
                "INSERT INTO history (instance_id, seq, at, kind, run, step, detail) SELECT 1, "
                "MAX(seq) + 1, 0, 'StepCompleted', 2, 'Wait', 'Token' FROM history WHERE "
                "instance_id = 1");
      }},
     {"an instance left Waiting", "not Completed",
-     [](const CrashConfig& c) {
+     [](const CrashConfig& c, const CheckReport&) {
        execSql(c, "UPDATE instances SET status = 'Waiting' WHERE id = 1");
      }},
     {"an instance with a second Completed entry", "Completed entries",
-     [](const CrashConfig& c) {
+     [](const CrashConfig& c, const CheckReport&) {
        execSql(c,
                "INSERT INTO history (instance_id, seq, at, kind, run, step, detail) SELECT 2, "
                "MAX(seq) + 1, 0, 'Completed', 0, '', '' FROM history WHERE instance_id = 2");
      }},
     {"two instances with the same Seq (started twice)", "Seq",
-     [](const CrashConfig& c) {
+     [](const CrashConfig& c, const CheckReport&) {
        execSql(c, "UPDATE fields SET value = 1 WHERE name = 'Seq' AND instance_id = 2");
      }},
     {"a re-run handler that saw attempt() 1 again", "re-ran with attempt() 1",
-     [](const CrashConfig& c) { appendLine(handlerLogPath(c), "3 Prepare 1 - L99"); }},
+     [](const CrashConfig& c, const CheckReport&) {
+       const std::int64_t now = wallMicros();
+       appendLine(handlerLogPath(c, 99), fmt::format("run 3 Prepare 1 - L99 1 {}", now));
+       appendLine(handlerLogPath(c, 99), fmt::format("end L99 1 {}", now + 1));
+     }},
     {"a completion still pending on a run", "pending",
-     [](const CrashConfig& c) {
+     [](const CrashConfig& c, const CheckReport&) {
        execSql(c,
                "INSERT INTO completion_fields (instance_id, run, name, type, value) VALUES (1, 2, "
                "'Token', 'String', 'again')");
      }},
 };
 
-// Runs a small harness, then checks tampered copies of its files: each must fail
-// with the expected message. Proves the checker can fail.
-int runSelfTest(CrashConfig config) {
-  config.kills = 3;
-  config.instances = 30;
-  config.keep = true;
-  const std::string base = makeScratchDir();
-  config.dir = base + "/run";
-  if (int code = runHarness(config, true); code != 0) return code;
-  int rejected = 0;
-  for (const Tamper& tamper : kTampers) {
-    CrashConfig copy = config;
-    copy.dir = fmt::format("{}/tamper{}", base, rejected);
-    fs::copy(config.dir, copy.dir, fs::copy_options::recursive);
-    tamper.apply(copy);
-    const CheckReport report = check(copy);
-    const bool found = std::any_of(report.failures.begin(), report.failures.end(),
+// Tampers that need a takeover in the base run (base.someTakeovers not empty).
+const Tamper kTakeoverTampers[] = {
+    {"a handler run that went on after another life's run of its instance began", "at once",
+     [](const CrashConfig& c, const CheckReport& base) {
+       // The life taken over ends its handler run (or, killed in it, dies) 1 µs
+       // after the taking life's run began.
+       const Takeover& t = base.someTakeovers.front();
+       const std::string path = handlerLogPath(c, t.fromLife);
+       const std::string end = fmt::format("end L{} {} ", t.fromLife, t.fromRun);
+       std::size_t torn = 0;
+       const auto lines = readCompleteLines(path, torn);
+       const bool ended = std::any_of(lines.begin(), lines.end(), [&](const std::string& line) {
+         return line.compare(0, end.size(), end) == 0;
+       });
+       if (ended) {
+         replaceLine(path, end, end + std::to_string(t.toBegin + 1));
+       } else {
+         const std::string killed = fmt::format("killed L{} ", t.fromLife);
+         replaceLine(livesLogPath(c), killed, killed + std::to_string(t.toBegin + 1));
+       }
+     }},
+    {"a takeover 1 ms before the lease it took expired", "before the lease",
+     [](const CrashConfig& c, const CheckReport& base) {
+       // The taking life's StepStarted entry, in the history and in its starts
+       // log, moves to 1 ms before the earliest expiry the lease could have had.
+       const Takeover& t = base.someTakeovers.front();
+       const std::int64_t early =
+           t.fromScheduled + std::chrono::microseconds(kLease).count() - 1000;
+       execSql(c, fmt::format("UPDATE history SET at = {} WHERE instance_id = {} AND step = '{}' "
+                              "AND kind = 'StepStarted' AND at = {}",
+                              early, t.instance, t.step, t.toScheduled));
+       const std::string path = startLogPath(c, t.toLife);
+       const std::string start = fmt::format("start {} ", t.instance);
+       const std::string at = fmt::format(" {} ", t.toScheduled);
+       std::size_t torn = 0;
+       for (const std::string& line : readCompleteLines(path, torn)) {
+         const auto where = line.find(at);
+         if (line.compare(0, start.size(), start) == 0 && where != std::string::npos) {
+           replaceLine(
+               path, line,
+               line.substr(0, where) + fmt::format(" {} ", early) + line.substr(where + at.size()));
+         }
+       }
+     }},
+};
+
+// Copies the base run's files once per tamper, applies it and checks the copy:
+// each must fail with the expected message. False (after saying which) if one passed.
+template <std::size_t N>
+bool rejectsAll(const CrashConfig& base, const CheckReport& report, const Tamper (&tampers)[N],
+                const std::string& scratch, std::size_t& rejected) {
+  for (const Tamper& tamper : tampers) {
+    CrashConfig copy = base;
+    copy.dir = fmt::format("{}/tamper{}", scratch, rejected);
+    fs::copy(base.dir, copy.dir, fs::copy_options::recursive);
+    tamper.apply(copy, report);
+    const CheckReport checked = check(copy);
+    const bool found = std::any_of(checked.failures.begin(), checked.failures.end(),
                                    [&](const std::string& failure) {
                                      return failure.find(tamper.expected) != std::string::npos;
                                    });
     if (!found) {
-      std::cout << fmt::format("FAIL: the checker accepted {} (wanted a failure with '{}')\n",
-                               tamper.what, tamper.expected);
-      printFailures(report);
-      std::cout << "files kept in " << base << '\n';
-      return 1;
+      std::cout << fmt::format(
+          "FAIL: the checker accepted {} in a {}-host run (wanted a failure with '{}')\n",
+          tamper.what, base.hosts, tamper.expected);
+      printFailures(checked);
+      std::cout << "files kept in " << scratch << '\n';
+      return false;
     }
     ++rejected;
   }
-  fs::remove_all(base);
+  return true;
+}
+
+// Runs two small harnesses, one host and three, then checks tampered copies of
+// their files: each must fail with the expected message. Proves the checker can
+// fail. The three-host run is repeated with the next seed until it holds a
+// takeover for the takeover tampers (a kill of a life with no lease is possible).
+int runSelfTest(CrashConfig config) {
+  const std::string scratch = makeScratchDir();
+  std::size_t rejected = 0;
+  std::size_t copies = 0;
+
+  CrashConfig alone = config;
+  alone.kills = 3;
+  alone.instances = 30;
+  alone.keep = true;
+  alone.dir = scratch + "/alone";
+  CheckReport aloneReport;
+  if (int code = runHarness(alone, true, &aloneReport); code != 0) return code;
+  copies += std::size(kTampers);
+  if (!rejectsAll(alone, aloneReport, kTampers, scratch, rejected)) return 1;
+
+  CrashConfig shared = config;
+  shared.hosts = 3;
+  shared.kills = 6;
+  shared.instances = 90;
+  shared.keep = true;
+  CheckReport sharedReport;
+  for (int tries = 0; sharedReport.someTakeovers.empty(); ++tries, ++shared.seed) {
+    if (tries == 5) {
+      std::cout << "FAIL: five 3-host runs without a takeover\nfiles kept in " << scratch << '\n';
+      return 1;
+    }
+    shared.dir = fmt::format("{}/shared{}", scratch, tries);
+    if (int code = runHarness(shared, true, &sharedReport); code != 0) return code;
+  }
+  copies += std::size(kTampers) + std::size(kTakeoverTampers);
+  if (!rejectsAll(shared, sharedReport, kTampers, scratch, rejected) ||
+      !rejectsAll(shared, sharedReport, kTakeoverTampers, scratch, rejected)) {
+    return 1;
+  }
+  fs::remove_all(scratch);
   std::cout << fmt::format(
-      "checker self-test: a {}-kill run passed; {} of {} tampered copies rejected\n", config.kills,
-      rejected, std::size(kTampers));
+      "checker self-test: a {}-kill run on one host and a {}-kill run on 3 hosts (seed {}, "
+      "takeovers: {}) passed; {} of {} tampered copies rejected\n",
+      alone.kills, shared.kills, shared.seed - 1, sharedReport.takeovers, rejected, copies);
   return 0;
 }
 
@@ -428,8 +727,10 @@ int main(int argc, char** argv) {
       }
       const CheckReport report = check(config);
       std::cout << fmt::format(
-          "check: {} instances, {} acknowledged completions, {} re-runs, {} torn lines\n",
-          report.instances, report.acknowledged, report.reruns(), report.tornLines);
+          "check: {} instances, {} acknowledged completions, {} handler runs, {} re-runs, {} "
+          "takeovers, {} torn lines\n",
+          report.instances, report.acknowledged, report.handlerRuns, report.reruns(),
+          report.takeovers, report.tornLines);
       return printFailures(report) ? 0 : 1;
     }
   } catch (const std::exception& e) {
