@@ -84,8 +84,11 @@ Engine::Impl::~Impl() {
   shuttingDown_ = true;
   timer_.stop();
   workers_.stop();
-  // Drives that were backing off (their retry was dropped with the timer).
-  for (InstanceId id : backoff_.failing()) releaseLease(id, Release::Expire);
+  // Drives that were backing off (their retry was dropped with the timer):
+  // offered, unless a handler ran whose decision did not commit.
+  for (InstanceId id : backoff_.failing()) {
+    releaseLease(id, uncommitted_.contains(id) ? Release::Expire : Release::Offer);
+  }
 }
 
 Timestamp Engine::Impl::currentTime() const {

@@ -51,13 +51,12 @@ void Engine::Impl::retryLater(InstanceId id, Drive how, const std::string& troub
 }
 
 // A request to drive an instance that another thread drives asks it for one
-// more pass (a recovery request is dropped: that instance did not crash).
+// more pass (a recovery request is dropped: that instance did not crash, and
+// its driver commits or retries what it ran).
 void Engine::Impl::drive(const Continuation& next) {
   const InstanceId id = next.id;
+  if (next.how == Drive::Recover) takingOver_.remove(id);
   if (!gate_.enter(id, next.how == Drive::Continue)) return;
-  // Whether the current run's handler may have run: then a re-run counts a new
-  // attempt first.
-  bool recovering = next.how == Drive::Recover;
   const std::size_t maxSteps = std::max<std::size_t>(options_.maxStepsPerDrive, 1);
   std::size_t steps = 0;
   for (;;) {
@@ -66,11 +65,11 @@ void Engine::Impl::drive(const Continuation& next) {
     try {
       for (;;) {
         if (shuttingDown_) {
-          releaseLease(id, recovering ? Release::Expire : Release::Offer);
+          releaseLease(id, uncommitted_.contains(id) ? Release::Expire : Release::Offer);
           gate_.leave(id);
           return;
         }
-        outcome = stepOnce(id, recovering, trouble);
+        outcome = stepOnce(id, trouble);
         if (outcome != Progress::Again) break;
         if (++steps >= maxSteps) {
           // Let other instances (and other callers) have a turn: the rest runs
@@ -80,24 +79,24 @@ void Engine::Impl::drive(const Continuation& next) {
                           "a handler loop with goTo()?)",
                           id, steps));
           gate_.leave(id);
-          const Drive how = recovering ? Drive::Recover : Drive::Continue;
           if (workers_.isInline()) {
-            timer_.runAt(currentTime(), [this, id, how] { continueInstance(id, how); });
+            timer_.runAt(currentTime(), [this, id] { continueInstance(id, Drive::Continue); });
           } else {
-            continueInstance(id, how);
+            continueInstance(id, Drive::Continue);
           }
           return;
         }
       }
     } catch (...) {
-      // A throwing store, or allocation failure: as a store failure.
+      // A throwing store, or allocation failure: as a store failure after the
+      // handler ran (it may have).
       trouble = detail::describeException(std::current_exception());
-      recovering = true;
+      uncommitted_.add(id);
       outcome = Progress::Failed;
     }
     if (outcome == Progress::Failed) {
       gate_.leave(id);
-      retryLater(id, recovering ? Drive::Recover : Drive::Continue, trouble);
+      retryLater(id, Drive::Continue, trouble);
       return;
     }
     backoff_.succeeded(id);
@@ -105,9 +104,7 @@ void Engine::Impl::drive(const Continuation& next) {
   }
 }
 
-// Runs the instance's current step once and commits the result. `recovering`
-// is read (this host's handler may have run: count a new attempt first) and
-// left true when a failure means the next try must count one too. `trouble`
+// Runs the instance's current step once and commits the result; `trouble`
 // says why on Progress::Failed.
 //
 // Leases (DESIGN.md section 8): an instance under another host's live lease is
@@ -115,27 +112,30 @@ void Engine::Impl::drive(const Continuation& next) {
 // leases), may have had its handler run by a host that died: it restarts with
 // attempt+1 under this host's lease. An offered one (a host without the
 // version finished its wait, or a host stopped in order) is taken as it is.
-Engine::Impl::Progress Engine::Impl::stepOnce(InstanceId id, bool& recovering,
-                                              std::string& trouble) {
-  const bool recover = recovering;
-  recovering = false;
+// One under this engine's own lease re-runs only when this engine's handler
+// ran without its decision committed (uncommitted_): no other life writes
+// this engine's owner id, so nothing else can have run it.
+Engine::Impl::Progress Engine::Impl::stepOnce(InstanceId id, std::string& trouble) {
   auto snapshot = store_->loadInstance(id);
   if (!snapshot) {
-    recovering = recover;
     trouble = snapshot.error().toString();
     return Progress::Failed;
   }
-  if (snapshot->record.status != InstanceStatus::Running) return Progress::Stop;
   const Timestamp now = currentTime();
   const bool mine = snapshot->record.leaseOwner == owner_;
   const detail::LeaseState leased =
       detail::leaseStateOf(snapshot->record, mine ? now : now - skew_);
-  if (leased == detail::LeaseState::Live && !mine) return Progress::Stop;
+  if (snapshot->record.status != InstanceStatus::Running ||
+      (leased == detail::LeaseState::Live && !mine)) {
+    // Ended, or another host's now: whichever re-runs it counts a new attempt
+    // by its own rule, so what this engine ran is no concern of its any more.
+    uncommitted_.remove(id);
+    return Progress::Stop;
+  }
   const auto openRun = detail::openRunOf(snapshot->record);
   if (!openRun) return Progress::Stop;
   auto run = store_->loadStepRun(id, *openRun);
   if (!run) {
-    recovering = recover;
     trouble = run.error().toString();
     return Progress::Failed;
   }
@@ -159,10 +159,10 @@ Engine::Impl::Progress Engine::Impl::stepOnce(InstanceId id, bool& recovering,
     return Progress::Stop;
   }
 
-  // Whether the handler may have run before: here (a failed commit, an
-  // explicit recovery) or on a host whose lease expired.
+  // Whether the handler may have run before: here (a failed commit) or on a
+  // host whose lease expired.
   const bool rerun = run->status == StepRunStatus::Ready ||
-                     (mine ? recover : leased != detail::LeaseState::Offered);
+                     (mine ? uncommitted_.contains(id) : leased != detail::LeaseState::Offered);
   // Whether this host must (re)write its lease before the handler starts: it is
   // another host's, or less than two thirds of it is left (the instance waited
   // in a queue).
@@ -182,17 +182,16 @@ Engine::Impl::Progress Engine::Impl::stepOnce(InstanceId id, bool& recovering,
     InstanceRecord header = set->instance;
     auto applied = committer_.commit(std::move(*set));
     if (!applied) {
-      recovering = recover;
       trouble = applied.error().toString();
       return Progress::Failed;
     }
     if (applied->status == ApplyStatus::Conflict) {
       // Changed meanwhile (say, an early completion, or another host took
-      // it): look again, still recovering, so the handler never re-runs with
-      // the crashed attempt().
-      recovering = recover;
+      // it): look again. uncommitted_ still holds it, so the handler never
+      // re-runs with the attempt() whose commit failed.
       return Progress::Again;
     }
+    if (rerun) uncommitted_.remove(id);  // the new attempt is durable
     header.version = snapshot->record.version + 1;
     snapshot->record = std::move(header);
     *run = std::move(restarted);
@@ -211,7 +210,7 @@ Engine::Impl::Progress Engine::Impl::stepOnce(InstanceId id, bool& recovering,
   const Progress result =
       commitDecision(*process, std::move(*snapshot), std::move(*run), decision, trouble);
   // The handler ran: a failed commit of its decision makes the next try a re-run.
-  if (result == Progress::Failed) recovering = true;
+  if (result == Progress::Failed) uncommitted_.add(id);
   return result;
 }
 
@@ -269,7 +268,9 @@ void Engine::Impl::lease(ChangeSet& set) const {
 
 // Every lease of another host expired (or offered) at `now`, page by page, to
 // a drive of this host when it defines the version; a drive that finds it live
-// again (renewed, or taken by another host meanwhile) leaves it.
+// again (renewed, or taken by another host meanwhile) leaves it, and one that
+// finds this engine's lease (an earlier request took it) goes on without a
+// new attempt.
 detail::TimerPass Engine::Impl::takeOver(Timestamp now) {
   detail::TimerPass pass;
   LeaseQuery query;
@@ -288,7 +289,8 @@ detail::TimerPass Engine::Impl::takeOver(Timestamp now) {
         continue;
       }
       ++pass.fired;
-      continueInstance(lease.instance, Drive::Recover);
+      // Once: a lease listed again before its drive began is queued already.
+      if (takingOver_.add(lease.instance)) continueInstance(lease.instance, Drive::Recover);
     }
     if (expired->size() < query.limit) return pass;
     query.after = expired->back().cursor();

@@ -145,7 +145,7 @@ class Engine::Impl {
   // Drives one instance until it waits, ends, yields or fails; the worker
   // pool's runner. Never throws.
   void drive(const detail::Continuation& next);
-  Progress stepOnce(InstanceId id, bool& recovering, std::string& trouble);
+  Progress stepOnce(InstanceId id, std::string& trouble);
   Progress commitDecision(const detail::CompiledProcess& process, InstanceSnapshot snapshot,
                           StepRunRecord run, const detail::Decision& decision,
                           std::string& trouble);
@@ -176,6 +176,14 @@ class Engine::Impl {
   // Thread-safe parts, each guarded by its own lock inside.
   detail::ProcessRegistry registry_;
   detail::InstanceGate gate_;
+  // Instances whose takeover drive is queued and has not begun: the timer
+  // lists an expired lease on every pass until a drive takes it (with a
+  // backlog on the workers, many passes), and queues one drive each.
+  detail::InstanceSet takingOver_;
+  // Instances whose handler ran in this engine without its decision
+  // committed: whatever drives them next re-runs the step as a new attempt,
+  // and an engine shutting down lets their lease expire rather than offer it.
+  detail::InstanceSet uncommitted_;
   detail::DriveBackoff backoff_;
   detail::LeaseKeeper keeper_;
   // Set by the destructor: drives stop at their next step instead of yielding

@@ -33,6 +33,26 @@ std::size_t InstanceGate::size() const {
   return driving_.size();
 }
 
+bool InstanceSet::add(InstanceId id) {
+  MutexLock lock(mutex_);
+  return ids_.insert(id).second;
+}
+
+void InstanceSet::remove(InstanceId id) {
+  MutexLock lock(mutex_);
+  ids_.erase(id);
+}
+
+bool InstanceSet::contains(InstanceId id) const {
+  MutexLock lock(mutex_);
+  return ids_.count(id) != 0;
+}
+
+std::size_t InstanceSet::size() const {
+  MutexLock lock(mutex_);
+  return ids_.size();
+}
+
 std::chrono::milliseconds DriveBackoff::failed(InstanceId id) {
   MutexLock lock(mutex_);
   const int inARow = ++failures_[id];

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstddef>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "asyncflow/records.hpp"
@@ -45,6 +46,27 @@ class InstanceGate {
   mutable Mutex mutex_;
   // Instances being driven, each with "another pass asked for".
   std::unordered_map<InstanceId, bool> driving_ ASYNCFLOW_GUARDED_BY(mutex_);
+};
+
+// A set of instances, each user saying what membership means (a drive queued
+// and not begun; a handler run whose decision is not committed). Thread-safe.
+class InstanceSet {
+ public:
+  // True when `id` was not in the set; it is now.
+  bool add(InstanceId id) ASYNCFLOW_EXCLUDES(mutex_);
+
+  // Takes `id` out; no effect when it was not in.
+  void remove(InstanceId id) ASYNCFLOW_EXCLUDES(mutex_);
+
+  // Whether `id` is in the set.
+  bool contains(InstanceId id) const ASYNCFLOW_EXCLUDES(mutex_);
+
+  // How many instances are in the set.
+  std::size_t size() const ASYNCFLOW_EXCLUDES(mutex_);
+
+ private:
+  mutable Mutex mutex_;
+  std::unordered_set<InstanceId> ids_ ASYNCFLOW_GUARDED_BY(mutex_);
 };
 
 // How long an instance's drive waits before it is tried again after the store

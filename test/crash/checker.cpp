@@ -609,7 +609,7 @@ class Checker {
   //   instance over early), so this is exactly "every lease taken over was
   //   expired". A restart by the scheduling life itself needs no expired lease;
   //   one before the expiry, on an instance its engine logged no trouble with,
-  //   is the engine re-running a step that did not crash (counted; README).
+  //   is the engine re-running a step that did not crash: a failure.
   void checkTakeovers(InstanceId id, const InstanceFacts& facts,
                       const std::vector<HandlerRun>& runs) {
     const std::int64_t lease = std::chrono::microseconds(kLease).count();
@@ -671,6 +671,10 @@ class Checker {
             ++report_.restartsAfterTrouble;
           } else {
             ++report_.restartsByHolder;
+            failure(fmt::format(
+                "instance {}: life {} restarted {} at attempt {} {} µs before its own lease "
+                "expired, with no trouble logged: a step re-run that did not crash",
+                id, to->life, step, k + 1, *from->expiry - at[k]));
           }
           continue;
         }

@@ -206,7 +206,8 @@ struct CheckReport {
   std::size_t restartsOwnExpired = 0;     // by the same life, once its own lease expired
   std::size_t restartsAfterTrouble = 0;   // by the same life, early, after a logged trouble
   std::size_t restartsByHolder = 0;       // by the same life, early, with no trouble logged:
-                                          // the engine re-ran a step that did not crash
+                                          // the engine re-ran a step that did not crash (a
+                                          // failure)
   std::size_t restartsUnattributed = 0;   // two lives' start lines for one entry, say
   std::vector<Takeover> someTakeovers;    // the first few, for the self-test
   std::size_t engineWarnings = 0;         // Warning and Error lines the engines logged

@@ -521,6 +521,18 @@ void replaceLine(const std::string& path, const std::string& prefix, const std::
   for (const std::string& each : lines) out << each << '\n';
 }
 
+// Rewrites every line of `path` through `edit`, which returns the new line or
+// nothing to drop it.
+template <class Edit>
+void rewriteLines(const std::string& path, Edit edit) {
+  std::size_t torn = 0;
+  std::vector<std::string> lines = readCompleteLines(path, torn);
+  std::ofstream out(path, std::ios::trunc);
+  for (const std::string& each : lines) {
+    if (std::optional<std::string> line = edit(each)) out << *line << '\n';
+  }
+}
+
 // The first ack log and its first line.
 std::pair<std::string, std::string> firstAck(const CrashConfig& config) {
   std::size_t torn = 0;
@@ -618,6 +630,43 @@ const Tamper kTakeoverTampers[] = {
                path, line,
                line.substr(0, where) + fmt::format(" {} ", early) + line.substr(where + at.size()));
          }
+       }
+     }},
+    {"a restart by the lease holder before its lease expired, with no trouble logged",
+     "did not crash",
+     [](const CrashConfig& c, const CheckReport& base) {
+       // The taking life's start of attempt k + 1 becomes the taken life's own,
+       // 1 ms after it scheduled attempt k (long before that lease expired),
+       // and no engine log names the instance.
+       const Takeover& t = base.someTakeovers.front();
+       const std::int64_t early = t.fromScheduled + 1000;
+       execSql(c, fmt::format("UPDATE history SET at = {} WHERE instance_id = {} AND step = '{}' "
+                              "AND kind = 'StepStarted' AND at = {}",
+                              early, t.instance, t.step, t.toScheduled));
+       const std::string start = fmt::format("start {} ", t.instance);
+       const std::string at = fmt::format(" {} ", t.toScheduled);
+       const std::string toWord = fmt::format(" L{}", t.toLife);
+       std::optional<std::string> moved;
+       rewriteLines(startLogPath(c, t.toLife), [&](const std::string& line) {
+         const auto where = line.find(at);
+         if (moved || line.compare(0, start.size(), start) != 0 || where == std::string::npos ||
+             line.size() < toWord.size() ||
+             line.compare(line.size() - toWord.size(), toWord.size(), toWord) != 0) {
+           return std::optional<std::string>(line);
+         }
+         moved = line.substr(0, where) + fmt::format(" {} ", early) +
+                 line.substr(where + at.size(), line.size() - toWord.size() - where - at.size()) +
+                 fmt::format(" L{}", t.fromLife);
+         return std::optional<std::string>();
+       });
+       if (!moved) throw std::runtime_error("the takeover's start line is not in its log");
+       appendLine(startLogPath(c, t.fromLife), *moved);
+       const std::string named = fmt::format(" instance {}:", t.instance);
+       for (const auto& [life, path] : lifeLogs(c, "engine")) {
+         rewriteLines(path, [&](const std::string& line) {
+           return line.find(named) == std::string::npos ? std::optional<std::string>(line)
+                                                        : std::optional<std::string>();
+         });
        }
      }},
 };

@@ -1,4 +1,4 @@
-// Pins InstanceGate (one thread per instance, "one more pass") and DriveBackoff
+// Pins InstanceGate (one thread per instance, "one more pass"), InstanceSet and DriveBackoff
 // (src/engine/instance_gate.hpp) on their own.
 #include "engine/instance_gate.hpp"
 
@@ -13,6 +13,7 @@
 using namespace std::chrono_literals;
 using asyncflow::detail::DriveBackoff;
 using asyncflow::detail::InstanceGate;
+using asyncflow::detail::InstanceSet;
 
 TEST_CASE("the first to enter drives, and later callers do not, and may ask for one more pass") {
   InstanceGate gate;
@@ -94,4 +95,20 @@ TEST_CASE("the back-off doubles from 100 ms to at most 10 s, per instance, until
   backoff.succeeded(2);
   backoff.succeeded(3);  // never failed: nothing to forget
   CHECK(backoff.size() == 0);
+}
+
+TEST_CASE("an instance set holds each instance once, until it is removed") {
+  InstanceSet set;
+  CHECK(set.add(1));
+  CHECK_FALSE(set.add(1));  // in already
+  CHECK(set.add(2));
+  CHECK(set.size() == 2);
+  CHECK(set.contains(1));
+  set.remove(1);
+  CHECK_FALSE(set.contains(1));
+  CHECK(set.contains(2));
+  CHECK(set.size() == 1);
+  CHECK(set.add(1));
+  set.remove(3);  // never in: no effect
+  CHECK(set.size() == 2);
 }

@@ -702,3 +702,60 @@ TEST_CASE(
   REQUIRE(h.ranSoFar().size() >= 2);
   CHECK(h.ranSoFar().at(1) == Ran{"B", "Work", 2, leased(b.owner(), t0 + 35s + 30s)});
 }
+
+// Two listings queue drives of one instance (recover() and the timer's
+// takeover of its expired lease); the first to run takes it over and leaves
+// it mid-process (it yields after each step). A later drive from a listing
+// finds this engine's own lease: the engine took it since, nothing crashed,
+// so no step re-runs with a new attempt. (They once did: a stale recovery
+// request bumped the attempt of whatever step the instance had reached.) And
+// the timer, listing the same expired lease again while its drive waits for
+// the worker, queues no second drive.
+TEST_CASE(
+    "drives queued by listings run an instance this engine took over since without a new "
+    "attempt, and a lease listed twice is queued once") {
+  Hosts h;
+  Hold holdA;
+  Hold holdB;
+  Engine a(h.store, h.options(1, false));  // stalls in Work: its lease expires
+  EngineOptions yielding = h.options(1, false);
+  yielding.maxStepsPerDrive = 1;
+  Engine b(h.store, yielding);
+  ReleaseAtEnd releaseA(holdA);
+  ReleaseAtEnd releaseB(holdB);
+  REQUIRE(a.define(job(h, "A", Shape{&holdA})));
+  const InstanceId id = a.start("Job").value();
+  holdA.awaitEntered();
+  REQUIRE(b.define(job(h, "B", Shape{&holdB})));  // A's lease is live: left alone
+  b.waitIdle();
+  const InstanceId other = b.start("Job").value();
+  holdB.awaitEntered();  // B's only worker is busy with its own instance
+
+  h.clock->advance(30s);            // A's lease expired
+  CHECK(b.recover().value() == 2);  // both listed: a drive of each queued
+  CHECK(b.runDueTimers().value() == 0);
+  CHECK(b.stats().queuedContinuations == 3);  // and a takeover drive of A's
+  CHECK(b.runDueTimers().value() == 0);       // A's listed again ...
+  CHECK(b.stats().queuedContinuations == 3);  // ... and not queued again
+
+  holdB.release();
+  b.waitIdle();
+  for (InstanceId each : {id, other}) {
+    INFO("instance " << each);
+    CHECK(info(b, each).status == InstanceStatus::Waiting);
+    CHECK(info(b, each).currentStep == "Submit");
+    CHECK(storedRun(h, each, 1).attempt == (each == id ? 2 : 1));  // Work: taken over
+    CHECK(storedRun(h, each, 2).attempt == 1);                     // Check
+    CHECK(storedRun(h, each, 3).attempt == 1);                     // Submit
+  }
+  std::vector<std::string> reruns;
+  for (const Ran& r : h.ranSoFar()) {
+    if (r.attempt != 1) reruns.push_back(r.host + " " + r.step + " " + std::to_string(r.attempt));
+  }
+  CHECK(reruns == std::vector<std::string>{"B Work 2"});
+  CHECK(h.ranSoFar().size() == 7);  // A's Work; B's Work, Check, Submit of each
+
+  holdA.release();
+  a.waitIdle();
+  CHECK(byOf(a, id) == "B");  // A's late commit did not land
+}
