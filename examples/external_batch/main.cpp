@@ -154,6 +154,9 @@ int batch(Engine& engine, JobTable& jobs) {
 }
 
 int resume(Engine& engine) {
+  // define() ran the finished steps on, unless the timer thread took one first
+  // (woken by a commit of another process): waitIdle() lets it finish.
+  engine.waitIdle();
   std::cout << "run 3 (host): defined OrderExport again, which took over the finished steps\n";
   for (InstanceId id = 1; engine.instance(id); ++id) printInstance(engine, id);
   return EXIT_SUCCESS;

@@ -298,7 +298,9 @@ class Engine {
   // host's live lease, are left alone (the timer takes those over if their
   // lease expires); an instance offered by a host without its version is
   // taken as it is. Returns how many Running instances were looked at (inline
-  // mode: run to their next wait or end; with workers: queued).
+  // mode: run to their next wait or end on this thread, except one that this
+  // engine's timer thread was driving already, which it carries on; with
+  // workers: queued). waitIdle() waits for both.
   [[nodiscard]] Result<std::size_t> recover();
 
   // What the engine holds in memory. Thread-safe; never fails.
@@ -309,8 +311,9 @@ class Engine {
   // for the engine's life; thread-safe; never fails.
   const std::string& owner() const;
 
-  // Blocks until no continuation is queued or running. Returns at once in
-  // inline mode. For tests and orderly shutdown.
+  // Blocks until no continuation is queued or running, on a worker or on any
+  // other thread (inline mode: a caller's, or the timer thread's). For tests
+  // and orderly shutdown; never from a handler, which would wait for itself.
   void waitIdle();
 
  private:

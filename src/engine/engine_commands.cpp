@@ -33,9 +33,13 @@ Result<void> Engine::Impl::define(const Process& process) {
   }
   if (auto declared = declare(**compiled); !declared) return declared;
   if (auto added = registry_.add(*compiled); !added) return added;
+  // Recovery first, then the timer: told first, the timer thread could take an
+  // offered instance over before this call reaches it, and (inline mode) the
+  // instance would then move on on that thread instead of before define()
+  // returns.
+  Result<std::size_t> recovered = std::size_t{0};
+  if (options_.recoverOnDefine) recovered = recoverProcess(**compiled);
   timer_.definitionsChanged();  // its due timers can fire now
-  if (!options_.recoverOnDefine) return {};
-  auto recovered = recoverProcess(**compiled);
   if (!recovered) {
     return fail(recovered.error().code,
                 fmt::format("process '{}' version {} is defined, but recovering its instances "

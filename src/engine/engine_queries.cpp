@@ -101,6 +101,11 @@ EngineStats Engine::Impl::stats() const {
   return stats;
 }
 
-void Engine::Impl::waitIdle() { workers_.waitIdle(); }
+// The workers first; then drives on other threads: inline mode's callers and
+// timer thread (a worker's drive has left the gate by the time it is idle).
+void Engine::Impl::waitIdle() {
+  workers_.waitIdle();
+  gate_.waitEmpty();
+}
 
 }  // namespace asyncflow

@@ -16,7 +16,7 @@ bool InstanceGate::leaveOrLoop(InstanceId id) {
   auto it = driving_.find(id);
   if (it == driving_.end()) return false;  // not entered: nothing to hold
   if (!it->second) {
-    driving_.erase(it);
+    erase(it);
     return false;
   }
   it->second = false;
@@ -25,12 +25,23 @@ bool InstanceGate::leaveOrLoop(InstanceId id) {
 
 void InstanceGate::leave(InstanceId id) {
   MutexLock lock(mutex_);
-  driving_.erase(id);
+  auto it = driving_.find(id);
+  if (it != driving_.end()) erase(it);
 }
 
 std::size_t InstanceGate::size() const {
   MutexLock lock(mutex_);
   return driving_.size();
+}
+
+void InstanceGate::waitEmpty() {
+  MutexLock lock(mutex_);
+  while (!driving_.empty()) emptied_.wait(lock);
+}
+
+void InstanceGate::erase(std::unordered_map<InstanceId, bool>::iterator it) {
+  driving_.erase(it);
+  if (driving_.empty()) emptied_.notifyAll();
 }
 
 bool InstanceSet::add(InstanceId id) {

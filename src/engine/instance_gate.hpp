@@ -42,8 +42,16 @@ class InstanceGate {
   // How many instances are being driven right now.
   std::size_t size() const ASYNCFLOW_EXCLUDES(mutex_);
 
+  // Blocks until no instance is being driven. Never from a driving thread
+  // (it would wait for itself).
+  void waitEmpty() ASYNCFLOW_EXCLUDES(mutex_);
+
  private:
+  // Takes `id` out; wakes waitEmpty() when it was the last.
+  void erase(std::unordered_map<InstanceId, bool>::iterator it) ASYNCFLOW_REQUIRES(mutex_);
+
   mutable Mutex mutex_;
+  CondVar emptied_;
   // Instances being driven, each with "another pass asked for".
   std::unordered_map<InstanceId, bool> driving_ ASYNCFLOW_GUARDED_BY(mutex_);
 };

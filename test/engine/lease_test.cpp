@@ -117,14 +117,21 @@ struct Hosts {
   void ran(Ran run) {
     std::lock_guard lock(mutex);
     runs.push_back(std::move(run));
+    threads.push_back(std::this_thread::get_id());
   }
   std::vector<Ran> ranSoFar() {
     std::lock_guard lock(mutex);
     return runs;
   }
+  // The thread of each run in ranSoFar().
+  std::vector<std::thread::id> threadsSoFar() {
+    std::lock_guard lock(mutex);
+    return threads;
+  }
 
   std::mutex mutex;
   std::vector<Ran> runs;
+  std::vector<std::thread::id> threads;
 };
 
 // How a host defines Job version 1; a define() with anything but the defaults
@@ -558,6 +565,35 @@ TEST_CASE(
   CHECK(h.clock->now() == t0);
   CHECK(info(a, id).status == InstanceStatus::Completed);
   CHECK(h.ranSoFar().back() == Ran{"A", "Notify", 1, leased(a.owner(), t0 + 30s)});
+}
+
+TEST_CASE(
+    "define() in inline mode moves an offered instance on before it returns, on the caller's "
+    "thread, though its timer thread runs") {
+  // The report: run 3 of external_batch printed the instance still Running.
+  // define() told its timer of the new version before it recovered: the timer
+  // thread took the offered instance, define()'s own drive found it taken and
+  // returned, and the host exited before the next step ran.
+  Hosts h;
+  {
+    Engine a(h.store, h.options(0, false));
+    REQUIRE(a.define(job(h, "A")));
+    const InstanceId id = a.start("Job").value();
+    Engine b(h.store, h.options(0, false));  // defines nothing
+    REQUIRE(b.completeServerEvent(info(b, id).serial, {{"Status", "Approved"}}));
+    REQUIRE(info(b, id).status == InstanceStatus::Running);
+  }
+  const InstanceId id = 1;
+  const std::size_t before = h.ranSoFar().size();
+  Engine c(h.store, h.options(0, true));
+  h.clock->awaitSleepers();  // its timer saw the offer, of a version not defined here
+  REQUIRE(c.define(job(h, "C")));
+  CHECK(info(c, id).status == InstanceStatus::Completed);
+  const std::vector<Ran> runs = h.ranSoFar();
+  REQUIRE(runs.size() == before + 1);
+  CHECK(runs.back().host == "C");
+  CHECK(runs.back().step == "Notify");
+  CHECK(h.threadsSoFar().back() == std::this_thread::get_id());
 }
 
 TEST_CASE(

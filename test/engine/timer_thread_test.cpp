@@ -11,6 +11,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "asyncflow/testing/fault_injection.hpp"
@@ -389,4 +390,34 @@ TEST_CASE("after a store failure the timer tries again a second later, then reco
     CHECK(t.escalations().count(second) == 1);
     CHECK(asyncflow::testing::contains(t.troubles().at(0), "cannot read the next deadline"));
   }
+}
+
+TEST_CASE("in inline mode waitIdle() waits for a drive the timer thread is in") {
+  // waitIdle() returned at once in inline mode, though the timer thread can
+  // drive an instance there (an escalation, a takeover).
+  TimerHarness t;
+  Latch entered;
+  Latch released;
+  std::atomic<bool> finished{false};
+  Process p("Blocking", 1);
+  p.step(waiting("Wait").timeout(1000ms, "Esc"))
+      .step(finishing("Done"))
+      .step(Step("Esc",
+                 [&](StepContext&) {
+                   entered.countDown();
+                   released.wait();
+                   finished = true;
+                   return StepOutcome::finish();
+                 }))
+      .line("Wait", "Done");
+  Engine engine(t.store, t.options());
+  REQUIRE(engine.define(p));
+  const InstanceId id = engine.start("Blocking").value();
+  t.clock->advance(1000ms);
+  entered.wait();  // the timer thread runs Esc and blocks in it
+  std::thread releaser([&] { released.countDown(); });
+  engine.waitIdle();
+  CHECK(finished);
+  CHECK(engine.instance(id).value().status == InstanceStatus::Completed);
+  releaser.join();
 }
