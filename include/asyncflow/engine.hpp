@@ -67,8 +67,10 @@ struct EngineOptions {
   // it reloads the earliest deadline and lease expiry, so deadlines, offered
   // instances and expired leases of other processes are seen within this
   // interval. Engines of one process that share one Store object tell each
-  // other at once instead. Default: 250 ms; zero turns the check off (a host
-  // that is alone on its store).
+  // other at once instead, and a store that pushes (Store::watchChanges:
+  // PostgresStore, with LISTEN/NOTIFY) wakes the timer at once; the check is
+  // then the net under the push. Default: 250 ms; zero turns the check off (a
+  // host that is alone on its store).
   std::chrono::milliseconds changeCheckInterval{250};
   // How far the clocks of the hosts on one store may disagree: another host's
   // lease counts as expired only this long after its expiry. Default: zero

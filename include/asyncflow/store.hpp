@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -110,6 +111,17 @@ struct LeaseQuery {
   Timestamp now{};
   std::optional<LeaseCursor> after;  // continue after this lease; empty: from the earliest
   std::size_t limit = 256;           // at most this many instances
+};
+
+// A subscription to a store's pushed change signal (Store::watchChanges).
+// While it lives the store calls its callback; destroying it stops the calls,
+// waiting for one in progress to return. Not copyable.
+class ChangeWatch {
+ public:
+  ChangeWatch() = default;
+  ChangeWatch(const ChangeWatch&) = delete;
+  ChangeWatch& operator=(const ChangeWatch&) = delete;
+  virtual ~ChangeWatch() = default;
 };
 
 // The persistence interface. Every method is thread-safe. No method throws:
@@ -214,6 +226,18 @@ class Store {
   // KeyTaken; any other commit to the database (an operator's, say) may change
   // it. Compare marks of one object only. Cheap: reads no record.
   [[nodiscard]] virtual Result<std::uint64_t> changeMark() = 0;
+
+  // Push instead of poll, for a store that can: calls `changed` on a thread of
+  // the store's soon after another store object commits to the same database
+  // (and after the store lost and regained its signal, when it may have missed
+  // one), for as long as the returned watch lives. Calls close together may be
+  // merged into one. `changed` must be quick and must not call the store's
+  // watchChanges. nullptr when the store cannot push: the engine then relies
+  // on changeMark() alone. The default: nullptr. Never fails otherwise.
+  [[nodiscard]] virtual std::unique_ptr<ChangeWatch> watchChanges(std::function<void()> changed) {
+    (void)changed;
+    return nullptr;
+  }
 };
 
 // Forwards every call to another store, so a test can override one method (to
@@ -269,6 +293,9 @@ class StoreWrapper : public Store {
     return target_->loadDeclaration(process, version);
   }
   Result<std::uint64_t> changeMark() override { return target_->changeMark(); }
+  std::unique_ptr<ChangeWatch> watchChanges(std::function<void()> changed) override {
+    return target_->watchChanges(std::move(changed));
+  }
 
   Store& target() const noexcept { return *target_; }
 

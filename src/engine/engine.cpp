@@ -73,6 +73,7 @@ Engine::Impl::Impl(std::shared_ptr<Store> store, EngineOptions options)
                  [this] { return store_->changeMark(); }},
              options_.timerThread, options_.changeCheckInterval) {
   detail::Peers::join(store_.get(), &timer_);
+  if (options_.timerThread) watch_ = store_->watchChanges([this] { timer_.storeChanged(); });
 }
 
 Engine::Impl::~Impl() {
@@ -80,6 +81,7 @@ Engine::Impl::~Impl() {
   // timer it fires may queue a continuation for the workers. Drives that are
   // running stop at their next step (shuttingDown_) and offer their instance
   // to any host; the rest stay where their last commit left them.
+  watch_.reset();
   detail::Peers::leave(store_.get(), &timer_);
   shuttingDown_ = true;
   timer_.stop();

@@ -192,6 +192,10 @@ class Engine::Impl {
   detail::Committer committer_;
   detail::WorkerPool workers_;
   detail::TimerService timer_;
+  // Another host's commit wakes the timer at once, where the store pushes
+  // (Store::watchChanges); the change check every changeCheckInterval stays as
+  // the net under it. Released first by the destructor.
+  std::unique_ptr<ChangeWatch> watch_;
 };
 
 }  // namespace asyncflow

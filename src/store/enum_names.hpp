@@ -118,4 +118,17 @@ constexpr std::optional<Enum> enumNamed(std::string_view text) noexcept {
   return std::nullopt;
 }
 
+// Throws the runtime_error "the database holds an unknown {what} '{text}'"
+// (store.cpp); a store maps it to a StoreError at its boundary.
+[[noreturn]] void throwUnknownName(const char* what, std::string_view text);
+
+// The enumerator named `text`, for a store that reads names back; throws
+// (throwUnknownName) when the database holds a name this library does not know.
+// `what` names the column for the message: "instance status", "field type", ...
+template <class Enum>
+Enum parseName(std::string_view text, const char* what) {
+  if (auto value = enumNamed<Enum>(text)) return *value;
+  throwUnknownName(what, text);
+}
+
 }  // namespace asyncflow::detail

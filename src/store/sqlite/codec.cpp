@@ -11,17 +11,6 @@
 
 namespace asyncflow::detail::sqlite {
 
-Timestamp fromMicros(std::int64_t micros) {
-  using std::chrono::microseconds;
-  constexpr std::int64_t kLimit =
-      std::chrono::duration_cast<microseconds>(Timestamp::duration::max()).count();
-  if (micros > kLimit || micros < -kLimit) {
-    throw std::runtime_error(
-        fmt::format("the database holds a timestamp out of range: {}", micros));
-  }
-  return Timestamp(std::chrono::duration_cast<Timestamp::duration>(microseconds(micros)));
-}
-
 std::string bytesOf(const SQLite::Column& column) {
   // sqlite3_column_blob before sqlite3_column_bytes, as SQLite documents.
   const char* data = static_cast<const char*>(column.getBlob());
@@ -102,10 +91,6 @@ Value readValue(const SQLite::Statement& row, int index, const std::string& name
 std::int64_t limitOf(std::size_t limit) noexcept {
   return static_cast<std::int64_t>(
       std::min<std::size_t>(limit, static_cast<std::size_t>(INT64_MAX)));
-}
-
-void throwUnknownName(const char* what, std::string_view text) {
-  throw std::runtime_error(fmt::format("the database holds an unknown {} '{}'", what, text));
 }
 
 }  // namespace asyncflow::detail::sqlite

@@ -19,19 +19,15 @@
 #include "asyncflow/clock.hpp"
 #include "asyncflow/value.hpp"
 #include "store/enum_names.hpp"
+#include "store/micros.hpp"
 
 namespace asyncflow::detail::sqlite {
 
 // SQLite's default SQLITE_MAX_LENGTH: a longer string or blob cannot be stored.
 constexpr std::size_t kMaxBytes = 1'000'000'000;
 
-// Microseconds since the Unix epoch, rounded down.
-inline std::int64_t toMicros(Timestamp t) {
-  return std::chrono::floor<std::chrono::microseconds>(t.time_since_epoch()).count();
-}
-
-// The timestamp `micros` after the epoch; throws when Timestamp cannot hold it.
-Timestamp fromMicros(std::int64_t micros);
+using detail::fromMicros;
+using detail::toMicros;
 
 // The text of a column, byte-exact (embedded NULs included); empty for NULL.
 std::string bytesOf(const SQLite::Column& column);
@@ -67,16 +63,6 @@ Value readValue(const SQLite::Statement& row, int index, const std::string& name
 // A page size for a LIMIT parameter: `limit`, capped at INT64_MAX.
 std::int64_t limitOf(std::size_t limit) noexcept;
 
-// Throws the runtime_error "the database holds an unknown {what} '{text}'".
-[[noreturn]] void throwUnknownName(const char* what, std::string_view text);
-
-// The enumerator named `text` (enum_names.hpp); throws (a StoreError for the
-// caller) when the database holds a name this library does not know. `what`
-// names the column for the message: "instance status", "field type", ...
-template <class Enum>
-Enum parseName(std::string_view text, const char* what) {
-  if (auto value = enumNamed<Enum>(text)) return *value;
-  throwUnknownName(what, text);
-}
+using detail::parseName;
 
 }  // namespace asyncflow::detail::sqlite

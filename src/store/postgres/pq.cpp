@@ -1,0 +1,150 @@
+#include "store/postgres/pq.hpp"
+
+#include <charconv>
+#include <utility>
+
+#include <fmt/format.h>
+
+namespace asyncflow::detail::pg {
+namespace {
+
+// libpq's message without its trailing newline.
+std::string trimmed(const char* message) {
+  std::string text = message != nullptr ? message : "";
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text.empty() ? std::string("unknown libpq error") : text;
+}
+
+}  // namespace
+
+PgResult& PgResult::operator=(PgResult&& other) noexcept {
+  if (this != &other) {
+    PQclear(result_);
+    result_ = other.result_;
+    other.result_ = nullptr;
+  }
+  return *this;
+}
+
+PgResult::~PgResult() { PQclear(result_); }
+
+std::int64_t PgResult::affected() const {
+  const char* count = PQcmdTuples(result_);
+  std::int64_t n = 0;
+  if (count == nullptr || *count == '\0') return 0;
+  const std::string_view text(count);
+  std::from_chars(text.data(), text.data() + text.size(), n);
+  return n;
+}
+
+std::int64_t PgResult::int64(int row, int column) const {
+  if (isNull(row, column)) {
+    throw PgError(fmt::format("column {} of row {} is NULL where a number belongs", column, row),
+                  "", false);
+  }
+  const std::string_view value = text(row, column);
+  std::int64_t n = 0;
+  const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), n);
+  if (error != std::errc() || end != value.data() + value.size()) {
+    throw PgError(fmt::format("the database holds '{}' where a number belongs", value), "", false);
+  }
+  return n;
+}
+
+Params& Params::add(std::string value) {
+  storage_.push_back(std::move(value));
+  null_.push_back(false);
+  return *this;
+}
+
+Params& Params::addNull() {
+  storage_.emplace_back();
+  null_.push_back(true);
+  return *this;
+}
+
+const char* const* Params::values() {
+  values_.clear();
+  lengths_.clear();
+  for (std::size_t i = 0; i < storage_.size(); ++i) {
+    values_.push_back(null_[i] ? nullptr : storage_[i].c_str());
+    lengths_.push_back(static_cast<int>(storage_[i].size()));
+  }
+  return values_.data();
+}
+
+Connection::Connection(const std::string& conninfo, int connectTimeoutSeconds) {
+  // The caller's conninfo first; ours after it win: a fixed client encoding (the
+  // codec writes UTF-8) and the connect timeout.
+  const std::string timeout = std::to_string(connectTimeoutSeconds < 1 ? 1 : connectTimeoutSeconds);
+  const char* keys[] = {"dbname", "client_encoding", "connect_timeout", "fallback_application_name",
+                        nullptr};
+  const char* values[] = {conninfo.c_str(), "UTF8", timeout.c_str(), "asyncflow", nullptr};
+  conn_ = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
+  if (conn_ == nullptr) throw PgError("cannot connect: out of memory", "", true);
+  if (PQstatus(conn_) != CONNECTION_OK) {
+    std::string message = trimmed(PQerrorMessage(conn_));
+    PQfinish(conn_);
+    conn_ = nullptr;
+    throw PgError(message, "", true);
+  }
+  // The server's notices (CREATE ... IF NOT EXISTS skipping, and the like) are
+  // no business of the host's stderr.
+  PQsetNoticeProcessor(
+      conn_, [](void*, const char*) {}, nullptr);
+}
+
+Connection::~Connection() { PQfinish(conn_); }
+
+PgResult Connection::check(PGresult* result, const char* what) {
+  const ExecStatusType status = result != nullptr ? PQresultStatus(result) : PGRES_FATAL_ERROR;
+  if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_EMPTY_QUERY) {
+    return PgResult(result);
+  }
+  std::string message =
+      trimmed(result != nullptr ? PQresultErrorMessage(result) : PQerrorMessage(conn_));
+  if (message == "unknown libpq error") message = trimmed(PQerrorMessage(conn_));
+  const char* state = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
+  std::string sqlstate = state != nullptr ? state : "";
+  PQclear(result);
+  const bool lost = PQstatus(conn_) != CONNECTION_OK;
+  throw PgError(fmt::format("{}: {}", what, message), std::move(sqlstate), lost);
+}
+
+PgResult Connection::exec(const std::string& sql) {
+  return check(PQexec(conn_, sql.c_str()), "exec");
+}
+
+PgResult Connection::exec(const std::string& sql, Params& params) {
+  const char* const* values = params.values();
+  return check(PQexecParams(conn_, sql.c_str(), params.size(), nullptr, values, params.lengths(),
+                            nullptr, 0),
+               "query");
+}
+
+PgResult Connection::run(const std::string& name, Params& params) {
+  const char* const* values = params.values();
+  return check(
+      PQexecPrepared(conn_, name.c_str(), params.size(), values, params.lengths(), nullptr, 0),
+      name.c_str());
+}
+
+void Connection::prepare(const std::string& name, const std::string& sql) {
+  check(PQprepare(conn_, name.c_str(), sql.c_str(), 0, nullptr), "prepare");
+}
+
+std::size_t Connection::takeNotifications(std::string_view ignore) {
+  if (PQconsumeInput(conn_) == 0) {
+    throw PgError(fmt::format("listen: {}", trimmed(PQerrorMessage(conn_))), "", true);
+  }
+  std::size_t count = 0;
+  while (PGnotify* notification = PQnotifies(conn_)) {
+    const bool own = !ignore.empty() && notification->extra != nullptr &&
+                     std::string_view(notification->extra) == ignore;
+    PQfreemem(notification);
+    if (!own) ++count;
+  }
+  return count;
+}
+
+}  // namespace asyncflow::detail::pg

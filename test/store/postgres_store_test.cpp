@@ -1,0 +1,335 @@
+// PostgresStore on a real server (the ctest fixture's throwaway one, or
+// ASYNCFLOW_TEST_POSTGRES): the store conformance suite, the codec's byte-exact
+// text, open()'s refusals, and the migration taken once by racing hosts.
+#include "asyncflow/postgres_store.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "asyncflow/asyncflow.hpp"
+#include "asyncflow/testing/store_conformance.hpp"
+#include "postgres/pg_test_server.hpp"
+#include "store/postgres/codec.hpp"
+#include "support/catch.hpp"
+#include "support/test_support.hpp"
+
+using namespace asyncflow;
+using asyncflow::testing::checkStoreConformance;
+
+namespace {
+
+// Runs `sql` on a connection of its own; the error text, empty on success.
+std::string execute(const std::string& conninfo, const std::string& sql) {
+  PGconn* conn = PQconnectdb(conninfo.c_str());
+  std::string error;
+  if (PQstatus(conn) != CONNECTION_OK) {
+    error = PQerrorMessage(conn);
+  } else {
+    PQsetNoticeProcessor(
+        conn, [](void*, const char*) {}, nullptr);
+    PGresult* r = PQexec(conn, sql.c_str());
+    const auto status = PQresultStatus(r);
+    if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) error = PQresultErrorMessage(r);
+    PQclear(r);
+  }
+  PQfinish(conn);
+  return error;
+}
+
+// Fresh schema names for this process, dropped at the end of the scope.
+class Schemas {
+ public:
+  explicit Schemas(std::string conninfo) : conninfo_(std::move(conninfo)) {}
+  ~Schemas() {
+    for (const std::string& schema : made_)
+      execute(conninfo_, "DROP SCHEMA IF EXISTS " + schema + " CASCADE");
+  }
+  Schemas(const Schemas&) = delete;
+  Schemas& operator=(const Schemas&) = delete;
+
+  std::string fresh(const std::string& prefix) {
+    std::string schema = prefix + "_" + std::to_string(::getpid()) + "_" + std::to_string(++count_);
+    execute(conninfo_, "DROP SCHEMA IF EXISTS " + schema + " CASCADE");
+    made_.push_back(schema);
+    return schema;
+  }
+
+ private:
+  std::string conninfo_;
+  std::vector<std::string> made_;
+  int count_ = 0;
+};
+
+std::string conninfoOrSkip() {
+  auto server = asyncflow::testing::pgTestServer();
+  if (!server) FAIL("no PostgreSQL server: set ASYNCFLOW_TEST_POSTGRES or run through ctest");
+  return server->conninfo;
+}
+
+std::unique_ptr<PostgresStore> openOrFail(const std::string& conninfo, PostgresOptions options) {
+  auto store = PostgresStore::open(conninfo, options);
+  if (!store) FAIL("PostgresStore::open: " << store.error().toString());
+  return std::move(*store);
+}
+
+}  // namespace
+
+TEST_CASE("PostgresStore conforms to the asyncflow Store contract") {
+  const std::string conninfo = conninfoOrSkip();
+  Schemas schemas(conninfo);
+  checkStoreConformance([&]() -> std::shared_ptr<Store> {
+    PostgresOptions options;
+    options.schema = schemas.fresh("conformance");
+    return openOrFail(conninfo, options);
+  });
+}
+
+TEST_CASE("the codec writes any bytes as readable text and reads them back exactly") {
+  using detail::pg::decodeText;
+  using detail::pg::encodeText;
+  CHECK(encodeText("plain caf\xc3\xa9") == "plain caf\xc3\xa9");
+  CHECK(encodeText("a\\b") == "a\\\\b");
+  CHECK(encodeText(std::string("a\0b", 3)) == "a\\x00b");
+  CHECK(encodeText("\xff\xc3\x28") == "\\xff\\xc3(");
+  CHECK(encodeText("\xed\xa0\x80") == "\\xed\\xa0\\x80");  // a surrogate is not UTF-8
+  CHECK(encodeText("\xe0\x80\xaf") == "\\xe0\\x80\\xaf");  // nor an overlong form
+  CHECK(encodeText("\xf0\x9f\x98\x80") == "\xf0\x9f\x98\x80");
+  for (const std::string& bytes :
+       {std::string(), std::string("\\x41"), std::string("\0\0", 2),
+        std::string("\xf4\x90\x80\x80"), std::string("tail\\"), std::string("\xc3")}) {
+    CHECK(decodeText(encodeText(bytes)) == bytes);
+  }
+  CHECK_THROWS(decodeText("lone \\ backslash"));
+  CHECK_THROWS(decodeText("bad \\xZZ escape"));
+  CHECK_THROWS(decodeText("short \\x4"));
+}
+
+namespace {
+
+// A create of one Running instance with no runs, as a host's start writes it.
+ChangeSet someCreate() {
+  ChangeSet set;
+  set.instance.process = "Watched";
+  set.instance.processVersion = 1;
+  set.instance.status = InstanceStatus::Running;
+  return set;
+}
+
+}  // namespace
+
+// Counts calls from another thread; awaits a count without sleeping.
+class Calls {
+ public:
+  void add() {
+    std::lock_guard lock(mutex_);
+    ++count_;
+    changed_.notify_all();
+  }
+  void awaitAtLeast(int n) {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return count_ >= n; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  int count_ = 0;
+};
+
+TEST_CASE("a watch is called once it listens, then after each commit of another store object") {
+  const std::string conninfo = conninfoOrSkip();
+  Schemas schemas(conninfo);
+  PostgresOptions options;
+  options.schema = schemas.fresh("watch");
+  auto a = openOrFail(conninfo, options);
+  auto b = openOrFail(conninfo, options);
+
+  Calls calls;
+  auto watch = a->watchChanges([&] { calls.add(); });
+  REQUIRE(watch != nullptr);
+  calls.awaitAtLeast(1);  // it listens: what came before may have been missed
+  REQUIRE(b->apply({someCreate()}).has_value());
+  calls.awaitAtLeast(2);  // B's commit reached A's listener
+  REQUIRE(b->apply({someCreate()}).has_value());
+  calls.awaitAtLeast(3);
+  watch.reset();  // returns with no call in progress
+}
+
+TEST_CASE(
+    "a host that defines nothing completes a serial, and the defining host on another store "
+    "object moves the instance on through the push alone") {
+  const std::string conninfo = conninfoOrSkip();
+  Schemas schemas(conninfo);
+  PostgresOptions options;
+  options.schema = schemas.fresh("push");
+  std::shared_ptr<Store> hostStore = openOrFail(conninfo, options);
+  std::shared_ptr<Store> batchStore = openOrFail(conninfo, options);
+
+  asyncflow::testing::Latch reported;
+  std::atomic<int> reports{0};
+  Process p("Export", 1);
+  p.field("Rows", Type::Int64, std::int64_t{0})
+      .step(AsyncStep("Queue", [](AsyncStepContext&) { return StartOutcome::wait(); }))
+      .step(Step("Report",
+                 [&](StepContext& ctx) {
+                   CHECK(ctx.fields().getOr<std::int64_t>("Rows", -1) == 1284);
+                   ++reports;
+                   reported.countDown();
+                   return StepOutcome::finish();
+                 }))
+      .line("Queue", "Report");
+
+  EngineOptions hostOptions;
+  hostOptions.timerThread = true;
+  hostOptions.changeCheckInterval = std::chrono::milliseconds::zero();  // the push alone
+  Engine host(hostStore, hostOptions);
+  REQUIRE(host.define(p));
+  const InstanceId id = host.start("Export").value();
+  const std::string serial = host.instance(id).value().serial;
+
+  EngineOptions batchOptions;
+  batchOptions.timerThread = false;
+  Engine batch(batchStore, batchOptions);  // defines nothing
+  CHECK(batch.completeServerEvent(serial, {{"Nope", 1}}).error().code == Errc::InvalidField);
+  REQUIRE(batch.completeServerEvent(serial, {{"Rows", std::int64_t{1284}}}));
+  reported.wait();
+  host.waitIdle();
+  CHECK(host.instance(id).value().status == InstanceStatus::Completed);
+  CHECK(reports == 1);
+}
+
+namespace {
+
+// The conninfo with `key=value` appended (a later keyword wins in libpq).
+std::string with(const std::string& conninfo, const std::string& setting) {
+  return conninfo + " " + setting;
+}
+
+// A TCP port on 127.0.0.1 where nothing listens (bound, then let go).
+int closedPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+  socklen_t size = sizeof address;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+// The rows of a one-column query, as text.
+std::vector<std::string> column(const std::string& conninfo, const std::string& sql) {
+  PGconn* conn = PQconnectdb(conninfo.c_str());
+  std::vector<std::string> rows;
+  PGresult* r = PQexec(conn, sql.c_str());
+  for (int i = 0; i < PQntuples(r); ++i) rows.emplace_back(PQgetvalue(r, i, 0));
+  PQclear(r);
+  PQfinish(conn);
+  return rows;
+}
+
+}  // namespace
+
+TEST_CASE("open() refuses bad options and bad servers with a clear error, and changes nothing") {
+  const std::string conninfo = conninfoOrSkip();
+  Schemas schemas(conninfo);
+  PostgresOptions options;
+  options.schema = schemas.fresh("refused");
+
+  SECTION("a schema name that would need quoting") {
+    for (const std::string& name : {std::string(), std::string("Upper"), std::string("1st"),
+                                    std::string("semi;colon"), std::string(64, 'a')}) {
+      PostgresOptions bad = options;
+      bad.schema = name;
+      auto store = PostgresStore::open(conninfo, bad);
+      REQUIRE_FALSE(store);
+      CHECK(store.error().code == Errc::InvalidArgument);
+      CHECK(store.error().message.find("PostgresOptions::schema") != std::string::npos);
+    }
+  }
+  SECTION("a pool size of 0 or above 256") {
+    for (std::size_t size : {std::size_t{0}, std::size_t{257}}) {
+      PostgresOptions bad = options;
+      bad.poolSize = size;
+      auto store = PostgresStore::open(conninfo, bad);
+      REQUIRE_FALSE(store);
+      CHECK(store.error().code == Errc::InvalidArgument);
+      CHECK(store.error().message.find("poolSize") != std::string::npos);
+    }
+  }
+  SECTION("no server at the address") {
+    auto store = PostgresStore::open(
+        with(conninfo, "host=127.0.0.1 port=" + std::to_string(closedPort())), options);
+    REQUIRE_FALSE(store);
+    CHECK(store.error().code == Errc::StoreError);
+    CHECK(store.error().message.find("Connection refused") != std::string::npos);
+  }
+  SECTION("a wrong password") {
+    auto server = asyncflow::testing::pgTestServer();
+    if (server->external) {
+      WARN("not checked: an external server's authentication is its own");
+      return;
+    }
+    auto store = PostgresStore::open(with(conninfo, "password=wrong"), options);
+    REQUIRE_FALSE(store);
+    CHECK(store.error().code == Errc::StoreError);
+    CHECK(store.error().message.find("password authentication failed") != std::string::npos);
+  }
+  SECTION("a schema of another application") {
+    REQUIRE(execute(conninfo, "CREATE SCHEMA " + options.schema + "; CREATE TABLE " +
+                                  options.schema + ".orders (id int)") == "");
+    auto store = PostgresStore::open(conninfo, options);
+    REQUIRE_FALSE(store);
+    CHECK(store.error().code == Errc::StoreError);
+    CHECK(store.error().message.find("not an asyncflow schema") != std::string::npos);
+    CHECK(column(conninfo,
+                 "SELECT table_name FROM information_schema.tables WHERE "
+                 "table_schema = '" +
+                     options.schema + "'") == std::vector<std::string>{"orders"});
+  }
+  SECTION("a schema newer than this library's") {
+    REQUIRE(PostgresStore::open(conninfo, options).has_value());
+    REQUIRE(execute(conninfo, "INSERT INTO " + options.schema +
+                                  ".asyncflow_migrations VALUES (99, 'from the future', 0)") == "");
+    auto store = PostgresStore::open(conninfo, options);
+    REQUIRE_FALSE(store);
+    CHECK(store.error().code == Errc::StoreError);
+    CHECK(store.error().message.find("schema version 99 is newer") != std::string::npos);
+    CHECK(column(conninfo, "SELECT count(*) FROM " + options.schema + ".asyncflow_migrations") ==
+          std::vector<std::string>{std::to_string(PostgresStore::schemaVersion() + 1)});
+  }
+}
+
+TEST_CASE("hosts that open a new schema at the same moment all open it, and it is migrated once") {
+  const std::string conninfo = conninfoOrSkip();
+  Schemas schemas(conninfo);
+  PostgresOptions options;
+  options.schema = schemas.fresh("race");
+  constexpr int kHosts = 6;
+  std::vector<std::string> errors(kHosts);
+  std::vector<std::thread> hosts;
+  for (int i = 0; i < kHosts; ++i) {
+    hosts.emplace_back([&, i] {
+      auto store = PostgresStore::open(conninfo, options);
+      errors[i] = store ? "ok" : store.error().toString();
+    });
+  }
+  for (std::thread& host : hosts) host.join();
+  CHECK(errors == std::vector<std::string>(kHosts, "ok"));
+  CHECK(column(conninfo, "SELECT count(*) FROM " + options.schema + ".asyncflow_migrations") ==
+        std::vector<std::string>{std::to_string(PostgresStore::schemaVersion())});
+}
