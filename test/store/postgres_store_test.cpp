@@ -333,3 +333,131 @@ TEST_CASE("hosts that open a new schema at the same moment all open it, and it i
   CHECK(column(conninfo, "SELECT count(*) FROM " + options.schema + ".asyncflow_migrations") ==
         std::vector<std::string>{std::to_string(PostgresStore::schemaVersion())});
 }
+
+namespace {
+
+// A connection of the test's own, as an operator's psql or another
+// application would hold one.
+class Session {
+ public:
+  explicit Session(const std::string& conninfo)
+      : conn_(PQconnectdb((conninfo + " application_name=asyncflow_test").c_str())) {
+    REQUIRE(PQstatus(conn_) == CONNECTION_OK);
+    PQsetNoticeProcessor(
+        conn_, [](void*, const char*) {}, nullptr);
+  }
+  ~Session() { PQfinish(conn_); }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // The first column of each row; fails the test on an error.
+  std::vector<std::string> rows(const std::string& sql) {
+    PGresult* r = PQexec(conn_, sql.c_str());
+    const auto status = PQresultStatus(r);
+    INFO(sql << ": " << PQresultErrorMessage(r));
+    CHECK((status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK));
+    std::vector<std::string> out;
+    for (int i = 0; i < PQntuples(r); ++i) out.emplace_back(PQgetvalue(r, i, 0));
+    PQclear(r);
+    return out;
+  }
+
+  // Waits, asking the server (never sleeping), until a connection named
+  // `application` waits for a lock; its backend's pid.
+  std::string awaitBlocked(const std::string& application) {
+    const auto giveUp = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < giveUp) {
+      auto pids = rows("SELECT pid FROM pg_stat_activity WHERE application_name = '" + application +
+                       "' AND wait_event_type = 'Lock'");
+      if (!pids.empty()) return pids.front();
+    }
+    FAIL("no connection of the store waited for the lock within 60 s");
+    return {};
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+using asyncflow::testing::detail::creation;
+using asyncflow::testing::detail::load;
+using asyncflow::testing::detail::updateOf;
+
+}  // namespace
+
+TEST_CASE("a statement the server cuts off at statementTimeout is StoreError and writes nothing") {
+  const std::string conninfo = conninfoOrSkip();
+  Schemas schemas(conninfo);
+  PostgresOptions options;
+  options.schema = schemas.fresh("timeout");
+  options.statementTimeout = std::chrono::milliseconds(200);
+  auto store = openOrFail(conninfo, options);
+  auto created = store->apply({creation()});
+  REQUIRE(created);
+  const InstanceId id = created->front().instance;
+  const InstanceSnapshot before = load(*store, id);
+  ChangeSet update = updateOf(before);
+  update.fields.set("OrderId", "B-2");
+
+  Session other(conninfo);
+  other.rows("BEGIN");
+  other.rows("LOCK TABLE " + options.schema + ".instances IN ACCESS EXCLUSIVE MODE");
+  auto cut = store->apply({update});  // waits for the lock until the timeout
+  REQUIRE_FALSE(cut);
+  CHECK(cut.error().code == Errc::StoreError);
+  CHECK(cut.error().message.find("statement timeout") != std::string::npos);
+  other.rows("COMMIT");
+
+  CHECK(load(*store, id).record.version == before.record.version);
+  CHECK(load(*store, id).fields == before.fields);
+  auto again = store->apply({update});
+  REQUIRE(again);
+  CHECK(again->front().status == ApplyStatus::Applied);
+  CHECK(load(*store, id).fields.getOr<std::string>("OrderId", "") == "B-2");
+}
+
+TEST_CASE(
+    "a connection dropped inside a commit is StoreError with nothing written, and the next call "
+    "works") {
+  const std::string conninfo = conninfoOrSkip();
+  Schemas schemas(conninfo);
+  PostgresOptions options;
+  options.schema = schemas.fresh("dropped");
+  // Its connections by name: tests of other schemas share the server.
+  auto store = openOrFail(with(conninfo, "application_name=" + options.schema), options);
+  auto created = store->apply({creation()});
+  REQUIRE(created);
+  const InstanceId id = created->front().instance;
+  const InstanceSnapshot before = load(*store, id);
+  ChangeSet update = updateOf(before);
+  update.fields.set("OrderId", "C-3");
+
+  Session other(conninfo);
+  other.rows("BEGIN");
+  other.rows("LOCK TABLE " + options.schema + ".instances IN ACCESS EXCLUSIVE MODE");
+  Result<std::vector<ApplyResult>> cut = std::vector<ApplyResult>{};
+  std::thread writer([&] { cut = store->apply({update}); });
+  const std::string pid = other.awaitBlocked(options.schema);
+  other.rows("SELECT pg_terminate_backend(" + pid + ")");
+  writer.join();
+  other.rows("COMMIT");
+  REQUIRE_FALSE(cut);
+  CHECK(cut.error().code == Errc::StoreError);
+  INFO(cut.error().message);
+
+  // Reads and writes go on, on a new connection.
+  CHECK(load(*store, id).record.version == before.record.version);
+  CHECK(load(*store, id).fields == before.fields);
+  auto again = store->apply({update});
+  REQUIRE(again);
+  CHECK(again->front().status == ApplyStatus::Applied);
+  // Every connection of the store dropped while idle: no call fails for it.
+  other.rows("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '" +
+             options.schema + "'");
+  CHECK(store->loadInstance(id).has_value());
+  ChangeSet next = updateOf(load(*store, id));
+  auto afterDrop = store->apply({next});
+  INFO((afterDrop ? std::string("ok") : afterDrop.error().toString()));
+  CHECK(afterDrop.has_value());
+  CHECK(store->changeMark().has_value());
+}

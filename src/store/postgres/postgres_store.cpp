@@ -92,18 +92,69 @@ class Pool {
   // A connection lent for a scope; returned (or dropped when broken) at its end.
   class Lent {
    public:
-    Lent(Pool& pool, std::unique_ptr<Connection> connection)
-        : pool_(pool), connection_(std::move(connection)) {}
+    Lent(Pool& pool, std::unique_ptr<Connection> connection, bool reused)
+        : pool_(pool), connection_(std::move(connection)), reused_(reused) {}
+    Lent(Lent&& other) noexcept
+        : pool_(other.pool_), connection_(std::move(other.connection_)), reused_(other.reused_) {}
     Lent(const Lent&) = delete;
     Lent& operator=(const Lent&) = delete;
-    ~Lent() { pool_.giveBack(std::move(connection_)); }
+    Lent& operator=(Lent&&) = delete;
+    ~Lent() {
+      if (connection_ != nullptr) pool_.giveBack(std::move(connection_));
+    }
     Connection& operator*() const noexcept { return *connection_; }
     Connection* operator->() const noexcept { return connection_.get(); }
+    // Whether it served an earlier call (it may have broken while idle).
+    bool reused() const noexcept { return reused_; }
 
    private:
     Pool& pool_;
     std::unique_ptr<Connection> connection_;
+    bool reused_;
   };
+
+  // Runs `body` on a lent connection. When a connection that waited in the
+  // pool turns out to be lost (the server restarted or dropped it while it was
+  // idle), the other idle ones are dropped too, and `body` runs once more on a
+  // new connection: so a restart costs a host no failed call. `body` must be
+  // safe to run again after a lost connection: a read, or a write whose first
+  // statement is the one that failed. Throws PgError.
+  template <class F>
+  auto with(F&& body) -> decltype(body(std::declval<Connection&>())) {
+    {
+      Lent c = take();
+      try {
+        return body(*c);
+      } catch (const PgError& e) {
+        if (!e.connectionLost() || !c.reused()) throw;
+      }
+    }
+    dropIdle();
+    Lent c = take();
+    return body(*c);
+  }
+
+  // A connection with a transaction begun, and the transaction's id (to ask,
+  // after a connection lost during COMMIT, whether it took effect); through
+  // with()'s one retry, so a connection lost while idle costs no failed call.
+  // Throws PgError.
+  std::pair<Lent, std::string> begin() {
+    for (int attempt = 0;; ++attempt) {
+      Lent c = take();
+      try {
+        std::string id(c->exec("BEGIN; SELECT txid_current()").text(0, 0));
+        return {std::move(c), std::move(id)};
+      } catch (const PgError& e) {
+        if (!e.connectionLost() || !c.reused() || attempt > 0) throw;
+      }
+      dropIdle();
+    }
+  }
+
+  // Runs the prepared statement `name` (a read) through with().
+  PgResult query(const char* name, Params& params) {
+    return with([&](Connection& c) { return c.run(name, params); });
+  }
 
   // Waits for a free connection, opening one when fewer than `size` are open.
   // Throws PgError when opening fails.
@@ -113,7 +164,7 @@ class Pool {
       if (!idle_.empty()) {
         std::unique_ptr<Connection> connection = std::move(idle_.back());
         idle_.pop_back();
-        return Lent(*this, std::move(connection));
+        return Lent(*this, std::move(connection), true);
       }
       if (open_ < size_) break;
       freed_.wait(lock);
@@ -121,13 +172,24 @@ class Pool {
     ++open_;
     lock.unlock();
     try {
-      return Lent(*this, openConnection(settings_, true));
+      return Lent(*this, openConnection(settings_, true), false);
     } catch (...) {
       lock.lock();
       --open_;
       freed_.notifyOne();
       throw;
     }
+  }
+
+  // Closes every idle connection (they are likely lost with the one that was).
+  void dropIdle() ASYNCFLOW_EXCLUDES(mutex_) {
+    std::vector<std::unique_ptr<Connection>> dropped;
+    {
+      MutexLock lock(mutex_);
+      dropped.swap(idle_);
+      open_ -= dropped.size();
+    }
+    freed_.notifyAll();
   }
 
   // Hands an already open connection to the pool (open() made it).
@@ -564,7 +626,7 @@ class PostgresStore::Impl {
       Params p;
       p.add(static_cast<std::int64_t>(id));
       // One statement, so the header and the fields come from one snapshot.
-      const PgResult r = pool_.take()->run(kLoadInstance.name, p);
+      const PgResult r = pool_.query(kLoadInstance.name, p);
       if (r.rows() == 0) return fail(Errc::NotFound, fmt::format("no instance {}", id));
       InstanceSnapshot snapshot;
       InstanceRecord& h = snapshot.record;
@@ -596,7 +658,7 @@ class PostgresStore::Impl {
       Params p;
       p.add(static_cast<std::int64_t>(instance));
       p.add(run);
-      const PgResult r = pool_.take()->run(kLoadStepRun.name, p);
+      const PgResult r = pool_.query(kLoadStepRun.name, p);
       if (r.rows() == 0) {
         return fail(Errc::NotFound, fmt::format("no step run {}_{}", instance, run));
       }
@@ -613,13 +675,9 @@ class PostgresStore::Impl {
   Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) {
     if (batch.empty()) return std::vector<ApplyResult>{};
     return mapExceptions(kApply, [&]() -> Result<std::vector<ApplyResult>> {
-      Pool::Lent c = pool_.take();
+      auto [c, transaction] = pool_.begin();
       std::vector<ApplyResult> results;
-      std::string transaction;
       try {
-        c->exec("BEGIN");
-        Params none;
-        transaction = std::string(c->run(kTransactionId.name, none).text(0, 0));
         bool wrote = false;
         for (ChangeSet& set : batch) {
           results.push_back(applySet(*c, set));
@@ -656,7 +714,7 @@ class PostgresStore::Impl {
         addText(p, query.step);
       }
       p.add(limitOf(query.limit));
-      const PgResult r = pool_.take()->run(kListWaiting.name, p);
+      const PgResult r = pool_.query(kListWaiting.name, p);
       std::vector<WaitingRow> rows;
       for (int row = 0; row < r.rows(); ++row) {
         const InstanceId instance = r.int64(row, 0);
@@ -682,7 +740,7 @@ class PostgresStore::Impl {
       p.add(query.processVersion);
       p.add(static_cast<std::int64_t>(query.afterInstance));
       p.add(limitOf(query.limit));
-      const PgResult r = pool_.take()->run(kListRunning.name, p);
+      const PgResult r = pool_.query(kListRunning.name, p);
       std::vector<InstanceId> ids;
       for (int row = 0; row < r.rows(); ++row) ids.push_back(r.int64(row, 0));
       return ids;
@@ -693,7 +751,7 @@ class PostgresStore::Impl {
     return mapExceptions("nextDeadline", [&]() -> Result<std::optional<Timestamp>> {
       Params p;
       addTime(p, after);
-      const PgResult r = pool_.take()->run(kNextDeadline.name, p);
+      const PgResult r = pool_.query(kNextDeadline.name, p);
       return optionalTime(r, 0, 0);  // an aggregate: one row, NULL for none
     });
   }
@@ -712,7 +770,7 @@ class PostgresStore::Impl {
         p.add(std::int64_t{0});
       }
       p.add(limitOf(query.limit));
-      const PgResult r = pool_.take()->run(kListDue.name, p);
+      const PgResult r = pool_.query(kListDue.name, p);
       std::vector<DueRun> due;
       for (int row = 0; row < r.rows(); ++row) {
         due.push_back(DueRun{StepRunKey{r.int64(row, 0), r.int64(row, 1)}, timeOf(r, row, 2)});
@@ -730,7 +788,7 @@ class PostgresStore::Impl {
       addText(p, query.step);
       addText(p, query.key);
       p.add(limitOf(query.limit));
-      const PgResult r = pool_.take()->run(kFindByKey.name, p);
+      const PgResult r = pool_.query(kFindByKey.name, p);
       std::vector<StepRunKey> keys;
       for (int row = 0; row < r.rows(); ++row) {
         keys.push_back(StepRunKey{r.int64(row, 0), r.int64(row, 1)});
@@ -745,7 +803,7 @@ class PostgresStore::Impl {
       Params p;
       addText(p, process);
       addText(p, key);
-      const PgResult r = pool_.take()->run(kFindStartKey.name, p);
+      const PgResult r = pool_.query(kFindStartKey.name, p);
       if (r.rows() == 0) return std::optional<StartKeyRecord>();
       StartKeyRecord claim;
       claim.instance = r.int64(0, 0);
@@ -759,7 +817,7 @@ class PostgresStore::Impl {
     return mapExceptions("loadHistory", [&]() -> Result<std::vector<HistoryEvent>> {
       Params p;
       p.add(static_cast<std::int64_t>(id));
-      const PgResult r = pool_.take()->run(kLoadHistory.name, p);
+      const PgResult r = pool_.query(kLoadHistory.name, p);
       std::vector<HistoryEvent> events;
       for (int row = 0; row < r.rows(); ++row) {
         HistoryEvent e;
@@ -780,7 +838,7 @@ class PostgresStore::Impl {
       Params p;
       addTime(p, after);
       addText(p, notOwnedBy);
-      const PgResult r = pool_.take()->run(kNextLeaseExpiry.name, p);
+      const PgResult r = pool_.query(kNextLeaseExpiry.name, p);
       return optionalTime(r, 0, 0);
     });
   }
@@ -797,7 +855,7 @@ class PostgresStore::Impl {
         p.add(std::int64_t{0});
       }
       p.add(limitOf(query.limit));
-      const PgResult r = pool_.take()->run(kExpiredLeases.name, p);
+      const PgResult r = pool_.query(kExpiredLeases.name, p);
       std::vector<ExpiredLease> expired;
       for (int row = 0; row < r.rows(); ++row) {
         ExpiredLease lease;
@@ -820,12 +878,13 @@ class PostgresStore::Impl {
     return mapExceptions(kDeclare, [&]() -> Result<ProcessDeclaration> {
       auto valid = detail::validDeclaration(declaration);
       if (!valid) return valid;
-      Pool::Lent c = pool_.take();
-      if (auto stored = readDeclaration(*c, valid->process, valid->version)) {
+      if (auto stored = pool_.with(
+              [&](Connection& c) { return readDeclaration(c, valid->process, valid->version); })) {
         return std::move(*stored);
       }
+      auto begun = pool_.begin();
+      Pool::Lent& c = begun.first;
       try {
-        c->exec("BEGIN");
         Params v;
         addText(v, valid->process);
         v.add(valid->version);
@@ -870,7 +929,8 @@ class PostgresStore::Impl {
 
   Result<std::optional<ProcessDeclaration>> loadDeclaration(std::string_view process, int version) {
     return mapExceptions("loadDeclaration", [&]() -> Result<std::optional<ProcessDeclaration>> {
-      return readDeclaration(*pool_.take(), std::string(process), version);
+      return pool_.with(
+          [&](Connection& c) { return readDeclaration(c, std::string(process), version); });
     });
   }
 
@@ -883,17 +943,21 @@ class PostgresStore::Impl {
     return mapExceptions("changeMark", [&]() -> Result<std::uint64_t> {
       MutexLock lock(listenerMutex_);
       bool changed = false;
-      if (listener_ == nullptr || !listener_->ok()) {
-        listener_.reset();
-        listener_ = openListener(settings_, channel_);
-        changed = true;
-      }
-      try {
-        listener_->exec("");
-        if (listener_->takeNotifications(self_) != 0) changed = true;
-      } catch (...) {
-        listener_.reset();
-        throw;
+      for (int attempt = 0;; ++attempt) {
+        if (listener_ == nullptr || !listener_->ok()) {
+          listener_.reset();
+          listener_ = openListener(settings_, channel_);
+          changed = true;
+        }
+        try {
+          listener_->exec("");
+          if (listener_->takeNotifications(self_) != 0) changed = true;
+          break;
+        } catch (const PgError& e) {
+          // Lost while idle (a restart, a dropped connection): listen again, once.
+          listener_.reset();
+          if (!e.connectionLost() || attempt > 0) throw;
+        }
       }
       const std::uint64_t commits = commits_.load(std::memory_order_acquire);
       if (commits != markCommits_) changed = true;
@@ -914,7 +978,7 @@ class PostgresStore::Impl {
   bool committed(const std::string& id) {
     Params p;
     p.add(id);
-    const PgResult r = pool_.take()->run(kTransactionStatus.name, p);
+    const PgResult r = pool_.query(kTransactionStatus.name, p);
     return r.rows() == 1 && r.text(0, 0) == "committed";
   }
 

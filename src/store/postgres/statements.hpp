@@ -173,9 +173,8 @@ inline constexpr Statement kInsertProcessStep{
     "INSERT INTO process_steps (process, version, step, kind, heartbeat_us) "
     "VALUES ($1, $2, $3, $4, $5)"};
 
-// The transaction's id, to learn after a lost connection whether its COMMIT
-// took effect.
-inline constexpr Statement kTransactionId{"transaction_id", "SELECT txid_current()"};
+// Whether the transaction whose txid_current() it is committed: asked after the
+// connection was lost during its COMMIT.
 inline constexpr Statement kTransactionStatus{"transaction_status", "SELECT txid_status($1)"};
 
 inline constexpr Statement kAll[] = {
@@ -204,7 +203,6 @@ inline constexpr Statement kAll[] = {
     kInsertProcessVersion,
     kInsertProcessField,
     kInsertProcessStep,
-    kTransactionId,
     kTransactionStatus,
 };
 
