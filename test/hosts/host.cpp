@@ -1,6 +1,7 @@
 // asyncflow_host: one host of the multi-host tests, in its own OS process with
-// its own Engine on a shared SQLite file (test/hosts/multi_host_test.cpp runs
-// it). The process definitions, file descriptors and log format are in
+// its own Engine on a shared SQLite file, or a shared PostgreSQL schema when F
+// is "postgres:<schema>" (support/test_store.hpp; test/hosts/multi_host_test.cpp
+// runs it). The process definitions, file descriptors and log format are in
 // host_protocol.hpp.
 //
 //   asyncflow_host host --db F --log L --process P|Q|R --name N [--workers W]
@@ -42,6 +43,7 @@
 #include <asyncflow/asyncflow.hpp>
 
 #include "host_protocol.hpp"
+#include "support/test_store.hpp"
 
 namespace {
 
@@ -155,7 +157,7 @@ class Host {
   explicit Host(HostConfig config) : config_(std::move(config)), log_(config_.log) {}
 
   int run() {
-    auto store = SqliteStore::open(config_.db);
+    auto store = asyncflow::testing::openTestStore(config_.db);
     if (!store) return setupFailed("open: " + store.error().toString());
     EngineOptions options;
     options.workers = config_.workers;

@@ -1,11 +1,11 @@
 // Several hosts on one SQLite file, each a real OS process with its own engine
-// (asyncflow_host, host.cpp): DESIGN.md section 8 as the processes see it. A
-// second host that defines a process leaves the first's live leases alone; a
-// host killed with SIGKILL inside its handlers has every instance taken over,
-// with attempt 2, once the leases expire; a batch job that defines nothing
-// completes waiting steps against the stored declaration, and the host that
-// defines the process continues them; deadlines written by a process that
-// exited fire exactly once across two timer hosts, also when one is killed.
+// (asyncflow_host, host.cpp); built again as multi_host_pg_test with
+// ASYNCFLOW_HOSTS_ON_POSTGRES, the hosts share one PostgreSQL schema instead: DESIGN.md section 8
+// as the processes see it. A second host that defines a process leaves the first's live leases
+// alone; a host killed with SIGKILL inside its handlers has every instance taken over, with attempt
+// 2, once the leases expire; a batch job that defines nothing completes waiting steps against the
+// stored declaration, and the host that defines the process continues them; deadlines written by a
+// process that exited fire exactly once across two timer hosts, also when one is killed.
 //
 // The processes tell the test where they are through pipes (a report line per
 // event, read with poll() and a timeout that fails the test saying what it
@@ -40,6 +40,7 @@
 #include <stdlib.h>
 
 #include "hosts/host_protocol.hpp"
+#include "support/test_store.hpp"
 #include "support/test_support.hpp"
 
 using namespace asyncflow;
@@ -80,19 +81,30 @@ class ScratchDir {
         (std::filesystem::temp_directory_path() / "asyncflow-hosts-XXXXXX").string();
     REQUIRE(::mkdtemp(pattern.data()) != nullptr);
     path_ = pattern;
+    static int made = 0;
+    schema_ = "hosts_" + std::to_string(::getpid()) + "_" + std::to_string(++made);
+    asyncflow::testing::dropTestStores(db());  // a pid's leftover from an earlier run
   }
   ~ScratchDir() {
     std::error_code ignored;
     std::filesystem::remove_all(path_, ignored);
+    asyncflow::testing::dropTestStores(db());
   }
   ScratchDir(const ScratchDir&) = delete;
   ScratchDir& operator=(const ScratchDir&) = delete;
 
+  // The hosts' store: a file here, or (multi_host_pg_test) a schema of the
+  // test server, named for this process and directory and dropped with it.
+#if ASYNCFLOW_HOSTS_ON_POSTGRES
+  std::string db() const { return "postgres:" + schema_; }
+#else
   std::string db() const { return path_ + "/hosts.db"; }
+#endif
   std::string log() const { return path_ + "/handlers.log"; }
 
  private:
   std::string path_;
+  std::string schema_;
 };
 
 // Moves `fd` to a number of at least 10, close-on-exec, so that it collides
@@ -390,7 +402,7 @@ Spread spreadOf(std::vector<std::int64_t> micros) {
 class Inspector {
  public:
   explicit Inspector(const std::string& path) {
-    auto store = SqliteStore::open(path);
+    auto store = asyncflow::testing::openTestStore(path);
     REQUIRE(store);
     EngineOptions options;
     options.timerThread = false;
@@ -756,14 +768,14 @@ TEST_CASE(
 // once: switching a new file to WAL answers SQLITE_BUSY without calling the
 // busy handler, so open() tries it again until the busy timeout. Without that,
 // about one open in a hundred failed with two processes, more with four.
-TEST_CASE("processes that open one new SQLite file at the same moment all open it") {
+TEST_CASE("processes that open one new store at the same moment all open it") {
   constexpr int kRounds = 40;
   constexpr int kProcesses = 4;
   ScratchDir dir;
   int failures = 0;
   std::string firstError;
   for (int round = 0; round < kRounds; ++round) {
-    const std::string path = dir.db() + "." + std::to_string(round);
+    const std::string path = dir.db() + "_" + std::to_string(round);
     int go[2];
     int errors[2];
     REQUIRE(::pipe2(go, O_CLOEXEC) == 0);
@@ -779,7 +791,7 @@ TEST_CASE("processes that open one new SQLite file at the same moment all open i
         pollfd start{go[0], POLLIN, 0};
         char byte = 0;
         if (::poll(&start, 1, 10000) != 1 || ::read(go[0], &byte, 1) != 1) ::_exit(2);
-        auto store = SqliteStore::open(path);
+        auto store = asyncflow::testing::openTestStore(path);
         if (store) ::_exit(0);
         const std::string message = store.error().toString() + '\n';
         ::write(errors[1], message.data(), message.size());
