@@ -1,12 +1,17 @@
 #include "store/postgres/pq.hpp"
 
+#include <atomic>
 #include <charconv>
 #include <utility>
 
 #include <fmt/format.h>
 
+#include "store/postgres/round_trips.hpp"
+
 namespace asyncflow::detail::pg {
 namespace {
+
+std::atomic<std::uint64_t> sent{0};
 
 // libpq's message without its trailing newline.
 std::string trimmed(const char* message) {
@@ -96,7 +101,10 @@ Connection::Connection(const std::string& conninfo, int connectTimeoutSeconds) {
 
 Connection::~Connection() { PQfinish(conn_); }
 
+std::uint64_t roundTrips() noexcept { return sent.load(std::memory_order_relaxed); }
+
 PgResult Connection::check(PGresult* result, const char* what) {
+  sent.fetch_add(1, std::memory_order_relaxed);
   const ExecStatusType status = result != nullptr ? PQresultStatus(result) : PGRES_FATAL_ERROR;
   if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_EMPTY_QUERY) {
     return PgResult(result);
