@@ -314,72 +314,107 @@ void addHeader(Params& p, const InstanceRecord& r) {
   addOptionalTime(p, r.leaseExpiry);
 }
 
-void writeStepRun(Connection& c, InstanceId instance, const StepRunRecord& r) {
-  Params p;
-  p.add(static_cast<std::int64_t>(instance));  // the set's instance wins
-  p.add(r.run);
-  addText(p, r.step);
-  p.add(std::string(detail::nameOf(r.kind)));
-  p.add(std::string(statusName(r.status)));
-  p.add(r.attempt);
-  addText(p, r.secret);
-  p.add(std::string(r.hasCompletion ? "true" : "false"));
-  addText(p, r.error);
-  addTime(p, r.createdAt);
-  addTimeOrNull(p, r.waitingSince);
-  addTimeOrNull(p, r.finishedAt);
-  addOptionalTime(p, r.deadline);
-  if (r.correlationKey.empty()) {
-    p.addNull();  // no key: outside step_runs_waiting_key
-  } else {
-    addText(p, r.correlationKey);
-  }
-  c.run(kUpsertStepRun.name, p);
-
-  // The run's completion rows become the record's completion (a replaced run
-  // may drop one).
-  Params key;
-  key.add(static_cast<std::int64_t>(instance));
-  key.add(r.run);
-  c.run(kDeleteCompletion.name, key);
-  for (const auto& [name, value] : r.completion) {
-    Params f;
-    f.add(static_cast<std::int64_t>(instance));
-    f.add(r.run);
-    addText(f, name);
-    addValue(f, value);
-    c.run(kInsertCompletion.name, f);
-  }
+Call prepared(const Statement& statement, Params params) {
+  return Call{statement.name, false, std::move(params)};
 }
+Call sql(std::string text) { return Call{std::move(text), true, Params()}; }
 
-// The instance holding (process, key), if one does.
-std::optional<InstanceId> startKeyHolder(Connection& c, const std::string& process,
-                                         const std::string& key) {
-  Params p;
-  addText(p, process);
-  addText(p, key);
-  const PgResult r = c.run(kStartKeyHolder.name, p);
-  if (r.rows() == 0) return std::nullopt;
-  return r.int64(0, 0);
-}
+// Writes one batch in one transaction, in as few round trips as its guards
+// allow: a statement waits until a guard (the version-guarded UPDATE that
+// decides whether the rest of its set is written, or a create's INSERT whose id
+// the rest needs) or the COMMIT must hear back from the server, and goes in the
+// same pipeline. A completion (one update set) is two round trips: BEGIN and
+// the guarded UPDATE; the rest of the set and COMMIT. Throws PgError; the
+// caller rolls back.
+class BatchWriter {
+ public:
+  explicit BatchWriter(Connection& c) : c_(c) {
+    // BEGIN and the transaction's id wait for the first round trip.
+    pending_.push_back(sql("BEGIN"));
+    pending_.push_back(sql("SELECT txid_current()"));
+    idAt_ = 1;
+  }
 
-// Creates the set's instance inside the batch's transaction; KeyTaken when its
-// start key is held. A host that claims the key at the same moment makes the
-// key's INSERT fail: the savepoint undoes this set alone, and the holder is
-// read again (its transaction has committed by then).
-std::optional<ApplyResult> createInstance(Connection& c, ChangeSet& set) {
-  InstanceRecord& header = set.instance;
-  if (set.startKey) {
-    if (auto holder = startKeyHolder(c, header.process, set.startKey->key)) {
-      return ApplyResult{ApplyStatus::KeyTaken, *holder};
+  ApplyResult apply(ChangeSet& set) {
+    InstanceRecord& header = set.instance;
+    if (header.id == 0) {
+      if (auto taken = create(set)) return *taken;
+    } else {
+      // When the UPDATE changes no row (stale version or no such instance)
+      // nothing of the set is written.
+      header.version = set.expectedVersion + 1;
+      Params p;
+      addHeader(p, header);
+      p.add(static_cast<std::int64_t>(header.version));
+      p.add(static_cast<std::int64_t>(header.id));
+      p.add(static_cast<std::int64_t>(set.expectedVersion));
+      if (send(prepared(kUpdateInstance, std::move(p))).affected() == 0) {
+        return ApplyResult{ApplyStatus::Conflict, header.id};
+      }
     }
-    c.exec("SAVEPOINT start_key");
+    queueRest(set);
+    return ApplyResult{ApplyStatus::Applied, header.id};
   }
-  Params p;
-  addHeader(p, header);
-  header.id = c.run(kInsertInstance.name, p).int64(0, 0);
-  header.version = 1;
-  if (set.startKey) {
+
+  // Sends what waits, then `notify` (unless empty) and COMMIT, in one round trip.
+  void commit(const std::string& notify) {
+    if (!notify.empty()) pending_.push_back(sql(notify));
+    pending_.push_back(sql("COMMIT"));
+    flush();
+  }
+
+  // The transaction's id once the first round trip is done; empty before.
+  const std::string& transaction() const noexcept { return transaction_; }
+  // Whether any round trip of this batch has completed.
+  bool sentAny() const noexcept { return sentAny_; }
+
+ private:
+  // Sends the waiting statements and `last`; the result of `last`.
+  PgResult send(Call last) {
+    pending_.push_back(std::move(last));
+    std::vector<PgResult> results = flush();
+    return std::move(results.back());
+  }
+
+  std::vector<PgResult> flush() {
+    std::vector<Call> calls;
+    calls.swap(pending_);
+    std::vector<PgResult> results = c_.pipeline(calls);
+    sentAny_ = true;
+    if (idAt_ >= 0) {
+      transaction_ = std::string(results[static_cast<std::size_t>(idAt_)].text(0, 0));
+      idAt_ = -1;
+    }
+    return results;
+  }
+
+  // The instance holding (process, key), if one does (sends what waits).
+  std::optional<InstanceId> startKeyHolder(const std::string& process, const std::string& key) {
+    Params p;
+    addText(p, process);
+    addText(p, key);
+    const PgResult r = send(prepared(kStartKeyHolder, std::move(p)));
+    if (r.rows() == 0) return std::nullopt;
+    return r.int64(0, 0);
+  }
+
+  // Creates the set's instance; KeyTaken when its start key is held. A host
+  // that claims the key at the same moment makes the key's INSERT fail: the
+  // savepoint undoes this set alone, and the holder is read again (its
+  // transaction has committed by then).
+  std::optional<ApplyResult> create(ChangeSet& set) {
+    InstanceRecord& header = set.instance;
+    if (set.startKey) {
+      if (auto holder = startKeyHolder(header.process, set.startKey->key)) {
+        return ApplyResult{ApplyStatus::KeyTaken, *holder};
+      }
+      pending_.push_back(sql("SAVEPOINT start_key"));
+    }
+    Params p;
+    addHeader(p, header);
+    header.id = send(prepared(kInsertInstance, std::move(p))).int64(0, 0);
+    header.version = 1;
+    if (!set.startKey) return std::nullopt;
     Params k;
     addText(k, header.process);
     addText(k, set.startKey->key);
@@ -387,59 +422,86 @@ std::optional<ApplyResult> createInstance(Connection& c, ChangeSet& set) {
     k.add(static_cast<std::int64_t>(set.startKey->fingerprint));
     addTime(k, header.createdAt);
     try {
-      c.run(kInsertStartKey.name, k);
+      send(prepared(kInsertStartKey, std::move(k)));
     } catch (const PgError& e) {
       if (e.sqlstate() != kUniqueViolation) throw;
-      c.exec("ROLLBACK TO SAVEPOINT start_key");
+      send(sql("ROLLBACK TO SAVEPOINT start_key"));
       header.id = 0;
-      if (auto holder = startKeyHolder(c, header.process, set.startKey->key)) {
+      if (auto holder = startKeyHolder(header.process, set.startKey->key)) {
         return ApplyResult{ApplyStatus::KeyTaken, *holder};
       }
       throw;
     }
-    c.exec("RELEASE SAVEPOINT start_key");
+    pending_.push_back(sql("RELEASE SAVEPOINT start_key"));
+    return std::nullopt;
   }
-  return std::nullopt;
-}
 
-// Writes one change set inside the batch's transaction.
-ApplyResult applySet(Connection& c, ChangeSet& set) {
-  InstanceRecord& header = set.instance;
-  if (header.id == 0) {
-    if (auto taken = createInstance(c, set)) return *taken;
-  } else {
-    // The guarded UPDATE is the set's first statement: when it changes no row
-    // (stale version or no such instance) nothing of the set has been written.
-    header.version = set.expectedVersion + 1;
-    Params p;
-    addHeader(p, header);
-    p.add(static_cast<std::int64_t>(header.version));
-    p.add(static_cast<std::int64_t>(header.id));
-    p.add(static_cast<std::int64_t>(set.expectedVersion));
-    if (c.run(kUpdateInstance.name, p).affected() == 0) {
-      return ApplyResult{ApplyStatus::Conflict, header.id};
+  // The set's fields, runs (each with its completion rows) and history.
+  void queueRest(const ChangeSet& set) {
+    const auto id = static_cast<std::int64_t>(set.instance.id);  // the set's instance wins
+    for (const auto& [name, value] : set.fields) {
+      Params p;
+      p.add(id);
+      addText(p, name);
+      addValue(p, value);
+      pending_.push_back(prepared(kUpsertField, std::move(p)));
+    }
+    for (const StepRunRecord& run : set.stepRuns) queueStepRun(id, run);
+    for (const HistoryEvent& event : set.history) {
+      Params p;
+      p.add(id);
+      addTime(p, event.at);
+      p.add(std::string(historyKindName(event.kind)));
+      p.add(event.run);
+      addText(p, event.step);
+      addText(p, event.detail);
+      pending_.push_back(prepared(kInsertHistory, std::move(p)));
     }
   }
-  for (const auto& [name, value] : set.fields) {
+
+  void queueStepRun(std::int64_t instance, const StepRunRecord& r) {
     Params p;
-    p.add(static_cast<std::int64_t>(header.id));
-    addText(p, name);
-    addValue(p, value);
-    c.run(kUpsertField.name, p);
+    p.add(instance);
+    p.add(r.run);
+    addText(p, r.step);
+    p.add(std::string(detail::nameOf(r.kind)));
+    p.add(std::string(statusName(r.status)));
+    p.add(r.attempt);
+    addText(p, r.secret);
+    p.add(std::string(r.hasCompletion ? "true" : "false"));
+    addText(p, r.error);
+    addTime(p, r.createdAt);
+    addTimeOrNull(p, r.waitingSince);
+    addTimeOrNull(p, r.finishedAt);
+    addOptionalTime(p, r.deadline);
+    if (r.correlationKey.empty()) {
+      p.addNull();  // no key: outside step_runs_waiting_key
+    } else {
+      addText(p, r.correlationKey);
+    }
+    pending_.push_back(prepared(kUpsertStepRun, std::move(p)));
+    // The run's completion rows become the record's completion (a replaced
+    // run may drop one).
+    Params key;
+    key.add(instance);
+    key.add(r.run);
+    pending_.push_back(prepared(kDeleteCompletion, std::move(key)));
+    for (const auto& [name, value] : r.completion) {
+      Params f;
+      f.add(instance);
+      f.add(r.run);
+      addText(f, name);
+      addValue(f, value);
+      pending_.push_back(prepared(kInsertCompletion, std::move(f)));
+    }
   }
-  for (const StepRunRecord& run : set.stepRuns) writeStepRun(c, header.id, run);
-  for (const HistoryEvent& event : set.history) {
-    Params p;
-    p.add(static_cast<std::int64_t>(header.id));  // the set's instance wins
-    addTime(p, event.at);
-    p.add(std::string(historyKindName(event.kind)));
-    p.add(event.run);
-    addText(p, event.step);
-    addText(p, event.detail);
-    c.run(kInsertHistory.name, p);
-  }
-  return ApplyResult{ApplyStatus::Applied, header.id};
-}
+
+  Connection& c_;
+  std::vector<Call> pending_;
+  std::string transaction_;
+  int idAt_ = -1;  // where txid_current()'s result is among the next flush's
+  bool sentAny_ = false;
+};
 
 // A connection that listens on `channel`. Throws PgError.
 std::unique_ptr<Connection> openListener(const ConnectionSettings& settings,
@@ -675,25 +737,33 @@ class PostgresStore::Impl {
   Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) {
     if (batch.empty()) return std::vector<ApplyResult>{};
     return mapExceptions(kApply, [&]() -> Result<std::vector<ApplyResult>> {
-      auto [c, transaction] = pool_.begin();
-      std::vector<ApplyResult> results;
-      try {
-        bool wrote = false;
-        for (ChangeSet& set : batch) {
-          results.push_back(applySet(*c, set));
-          if (results.back().status == ApplyStatus::Applied) wrote = true;
-        }
-        if (wrote) notify(*c);
+      for (int attempt = 0;; ++attempt) {
+        Pool::Lent c = pool_.take();
+        BatchWriter writer(*c);
         try {
-          c->exec("COMMIT");
+          std::vector<ApplyResult> results;
+          bool wrote = false;
+          for (ChangeSet& set : batch) {
+            results.push_back(writer.apply(set));
+            if (results.back().status == ApplyStatus::Applied) wrote = true;
+          }
+          try {
+            writer.commit(wrote ? notify_ : std::string());
+          } catch (const PgError& e) {
+            if (!e.connectionLost() || !committed(writer.transaction())) throw;
+          }
+          if (wrote) commits_.fetch_add(1, std::memory_order_release);
+          return results;
         } catch (const PgError& e) {
-          if (!e.connectionLost() || !committed(transaction)) throw;
+          rollbackQuietly(*c);
+          // Lost while idle in the pool: nothing was sent; once more, anew.
+          const bool again = e.connectionLost() && !writer.sentAny() && c.reused() && attempt == 0;
+          if (!again) throw;
+        } catch (...) {
+          rollbackQuietly(*c);
+          throw;
         }
-        if (wrote) commits_.fetch_add(1, std::memory_order_release);
-        return results;
-      } catch (...) {
-        rollbackQuietly(*c);
-        throw;
+        pool_.dropIdle();
       }
     });
   }

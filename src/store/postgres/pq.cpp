@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <charconv>
+#include <optional>
 #include <utility>
 
 #include <fmt/format.h>
@@ -139,6 +140,71 @@ PgResult Connection::run(const std::string& name, Params& params) {
 
 void Connection::prepare(const std::string& name, const std::string& sql) {
   check(PQprepare(conn_, name.c_str(), sql.c_str(), 0, nullptr), "prepare");
+}
+
+std::vector<PgResult> Connection::pipeline(std::vector<Call>& calls) {
+  sent.fetch_add(1, std::memory_order_relaxed);
+  const auto lost = [&](const char* what) {
+    return PgError(fmt::format("pipeline: {}: {}", what, trimmed(PQerrorMessage(conn_))), "",
+                   PQstatus(conn_) != CONNECTION_OK);
+  };
+  if (PQenterPipelineMode(conn_) != 1) throw lost("cannot enter pipeline mode");
+  // Leaves pipeline mode however this ends; a connection that cannot is broken
+  // (the pool drops a connection that is not idle).
+  struct Exit {
+    PGconn* conn;
+    ~Exit() {
+      if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF) PQexitPipelineMode(conn);
+    }
+  } exit{conn_};
+  for (Call& call : calls) {
+    const char* const* values = call.params.values();
+    const int sentOk = call.sql
+                           ? PQsendQueryParams(conn_, call.statement.c_str(), call.params.size(),
+                                               nullptr, values, call.params.lengths(), nullptr, 0)
+                           : PQsendQueryPrepared(conn_, call.statement.c_str(), call.params.size(),
+                                                 values, call.params.lengths(), nullptr, 0);
+    if (sentOk != 1) throw lost("cannot send");
+  }
+  if (PQpipelineSync(conn_) != 1) throw lost("cannot sync");
+
+  std::vector<PgResult> results;
+  results.reserve(calls.size());
+  std::optional<PgError> first;
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    PGresult* result = PQgetResult(conn_);
+    if (result == nullptr) throw lost("the server sent no result");
+    const ExecStatusType status = PQresultStatus(result);
+    if (status == PGRES_PIPELINE_ABORTED) {
+      PQclear(result);
+      results.emplace_back(nullptr);
+    } else if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
+      results.emplace_back(result);
+    } else {
+      const char* field = PQresultErrorField(result, PG_DIAG_SQLSTATE);
+      std::string state = field != nullptr ? field : "";  // copied: it lives in `result`
+      std::string message = trimmed(PQresultErrorMessage(result));
+      PQclear(result);
+      if (!first) {
+        first.emplace(
+            fmt::format("{}: {}", calls[i].sql ? "statement" : calls[i].statement, message),
+            std::move(state), PQstatus(conn_) != CONNECTION_OK);
+      }
+      results.emplace_back(nullptr);
+      if (PQstatus(conn_) != CONNECTION_OK) throw *first;
+    }
+    // Each call's results end with a null.
+    if (PGresult* extra = PQgetResult(conn_)) {
+      PQclear(extra);
+      throw lost("the server sent more than one result for a call");
+    }
+  }
+  PGresult* sync = PQgetResult(conn_);
+  const bool synced = sync != nullptr && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+  PQclear(sync);
+  if (!synced) throw lost("no end of the pipeline");
+  if (first) throw *first;
+  return results;
 }
 
 std::size_t Connection::takeNotifications(std::string_view ignore) {

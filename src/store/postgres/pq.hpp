@@ -82,6 +82,14 @@ class Params {
   std::vector<int> lengths_;
 };
 
+// One statement of a pipeline: a prepared statement by name, or SQL text
+// (BEGIN, COMMIT, NOTIFY ...), with its parameters.
+struct Call {
+  std::string statement;  // a prepared statement's name, or SQL when `sql`
+  bool sql = false;
+  Params params;
+};
+
 // One open connection, with the statements it has prepared. Not thread-safe:
 // one thread at a time (the store's pool hands it out).
 class Connection {
@@ -101,6 +109,11 @@ class Connection {
   PgResult run(const std::string& name, Params& params);
   // Prepares `sql` under `name` for run(); throws PgError.
   void prepare(const std::string& name, const std::string& sql);
+  // Sends every call, then reads every result: one round trip for them all
+  // (libpq's pipeline mode). The results in call order; throws PgError for the
+  // first call that failed (the server skipped those after it; an open
+  // transaction is then in a failed state, to be rolled back).
+  std::vector<PgResult> pipeline(std::vector<Call>& calls);
 
   // Whether the connection still works (libpq's CONNECTION_OK).
   bool ok() const noexcept { return PQstatus(conn_) == CONNECTION_OK; }
