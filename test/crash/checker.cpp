@@ -16,11 +16,11 @@
 #include <utility>
 #include <vector>
 
-#include <SQLiteCpp/SQLiteCpp.h>
 #include <asyncflow/asyncflow.hpp>
 #include <fmt/format.h>
 
 #include "crash.hpp"
+#include "support/test_store.hpp"
 
 namespace asyncflow::crash {
 namespace {
@@ -145,15 +145,19 @@ class Checker {
   void checkDatabase() {
     std::vector<InstanceId> ids;
     {
-      SQLite::Database db(databasePath(config_), SQLite::OPEN_READONLY);
-      const std::string integrity = db.execAndGet("PRAGMA integrity_check").getString();
-      if (integrity != "ok") failure("PRAGMA integrity_check: " + integrity);
-      const auto pending = db.execAndGet("SELECT COUNT(*) FROM completion_fields").getInt64();
+      auto db = testing::openTestSql(storeSpec(config_));
+      if (!testing::isPostgresSpec(storeSpec(config_))) {
+        // PostgreSQL has no such check: its pages carry no checksums by default.
+        const std::string integrity = db->rows("PRAGMA integrity_check").at(0).at(0).value_or("");
+        if (integrity != "ok") failure("PRAGMA integrity_check: " + integrity);
+      }
+      const auto pending = db->count("SELECT COUNT(*) FROM completion_fields");
       if (pending != 0) {
         failure(fmt::format("{} completion field rows are still pending", pending));
       }
-      SQLite::Statement select(db, "SELECT id FROM instances ORDER BY id");
-      while (select.executeStep()) ids.push_back(select.getColumn(0).getInt64());
+      for (const auto& row : db->rows("SELECT id FROM instances ORDER BY id")) {
+        ids.push_back(std::stoll(row.at(0).value_or("0")));
+      }
     }
     report_.instances = ids.size();
     if (ids.size() != config_.instances) {
@@ -162,7 +166,7 @@ class Checker {
     }
     if (config_.hosts > 1) checkStartKeys();
 
-    auto store = SqliteStore::open(databasePath(config_));
+    auto store = testing::openTestStore(storeSpec(config_));
     if (!store) throw std::runtime_error("open: " + store.error().toString());
     std::vector<bool> seqSeen(config_.instances + 1, false);
     std::map<std::string, InstanceId> tokenOwner;
@@ -182,13 +186,12 @@ class Checker {
   // With several hosts each instance is started by startOnce with the key
   // "seq-<Seq>": exactly one key per instance, naming its own Seq.
   void checkStartKeys() {
-    SQLite::Database db(databasePath(config_), SQLite::OPEN_READONLY);
-    const auto keys = db.execAndGet("SELECT COUNT(*) FROM start_keys").getInt64();
-    const auto wrong = db.execAndGet(
-                             "SELECT COUNT(*) FROM start_keys k LEFT JOIN fields f ON "
-                             "f.instance_id = k.instance_id AND f.name = 'Seq' WHERE f.value IS "
-                             "NULL OR k.idempotency_key != 'seq-' || f.value")
-                           .getInt64();
+    auto db = testing::openTestSql(storeSpec(config_));
+    const auto keys = db->count("SELECT COUNT(*) FROM start_keys");
+    const auto wrong = db->count(
+        "SELECT COUNT(*) FROM start_keys k LEFT JOIN fields f ON "
+        "f.instance_id = k.instance_id AND f.name = 'Seq' WHERE f.value IS "
+        "NULL OR k.idempotency_key != 'seq-' || f.value");
     if (keys != static_cast<std::int64_t>(config_.instances) || wrong != 0) {
       failure(fmt::format("{} start keys for {} instances, {} not naming the instance's Seq", keys,
                           config_.instances, wrong));

@@ -1,7 +1,7 @@
 // One life of the crash harness's workload: the engine on a SQLite file at
-// synchronous FULL, a starter, and a simulated external system whose completer
-// threads complete serials and log each acknowledged completion durably. Alone
-// on the file, or one of several hosts at once (CrashConfig::hosts).
+// synchronous FULL (or on a PostgreSQL schema), a starter, and a simulated external system whose
+// completer threads complete serials and log each acknowledged completion durably. Alone on the
+// file, or one of several hosts at once (CrashConfig::hosts).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -26,11 +26,11 @@
 #include <errno.h>
 #include <unistd.h>
 
-#include <SQLiteCpp/SQLiteCpp.h>
 #include <asyncflow/asyncflow.hpp>
 #include <fmt/format.h>
 
 #include "crash.hpp"
+#include "support/test_store.hpp"
 
 namespace asyncflow::crash {
 namespace {
@@ -139,7 +139,7 @@ class SerialScout {
   std::size_t nextLife_;                      // the first later life not yet tailed
 };
 
-// The life's store: the SQLite store, with a line in the life's starts log for
+// The life's store: the shared store, with a line in the life's starts log for
 // every step start a commit is about to write, before it is written, with the
 // lease written along ("start ..."), and one for each of them that the commit
 // then did not write ("lost ...": a conflict, a taken start key or a failure).
@@ -226,17 +226,16 @@ class Life {
         startsLog_(startLogPath(config, config.life), false), scout_(config) {}
 
   int run() {
-    auto store = SqliteStore::open(databasePath(config_));  // synchronous FULL by default
+    // SQLite at synchronous FULL by default; PostgreSQL commits are durable.
+    auto store = testing::openTestStore(storeSpec(config_));
     if (!store) return fatalNow("open: " + store.error().toString());
     std::size_t existing = 0;
     std::size_t completedBefore = 0;
     {
-      SQLite::Database reader(databasePath(config_), SQLite::OPEN_READONLY);
-      existing =
-          static_cast<std::size_t>(reader.execAndGet("SELECT COUNT(*) FROM instances").getInt64());
+      auto reader = testing::openTestSql(storeSpec(config_));
+      existing = static_cast<std::size_t>(reader->count("SELECT COUNT(*) FROM instances"));
       completedBefore = static_cast<std::size_t>(
-          reader.execAndGet("SELECT COUNT(*) FROM instances WHERE status = 'Completed'")
-              .getInt64());
+          reader->count("SELECT COUNT(*) FROM instances WHERE status = 'Completed'"));
     }
     const std::size_t quota =
         config_.quota == 0 ? config_.instances : std::min(config_.quota, config_.instances);
@@ -388,7 +387,7 @@ class Life {
         std::lock_guard lock(mutex_);
         startingDone_ = true;
       }
-      SQLite::Database reader(databasePath(config_), SQLite::OPEN_READONLY, 5000);
+      auto reader = testing::openTestSql(storeSpec(config_));
       const auto began = std::chrono::steady_clock::now();
       auto lastMove = began;
       auto lastSweep = began;
@@ -400,7 +399,7 @@ class Life {
             return report(lock);
           }
         }
-        const WorkCounts work = countWork(reader);
+        const WorkCounts work = countWork(*reader);
         const std::int64_t total = work.total;
         const std::int64_t completed = work.completed();
         const auto now = std::chrono::steady_clock::now();
@@ -438,15 +437,14 @@ class Life {
   // kMaxRunning instances are Running (in any host), so that the hosts are not
   // handed more than they drive within a lease. A message on failure.
   std::optional<std::string> startMissing(std::size_t quota) {
-    SQLite::Database reader(databasePath(config_), SQLite::OPEN_READONLY, 5000);
+    auto reader = testing::openTestSql(storeSpec(config_));
     std::set<std::int64_t> existing;
-    {
-      SQLite::Statement seqs(reader, "SELECT value FROM fields WHERE name = 'Seq'");
-      while (seqs.executeStep()) existing.insert(seqs.getColumn(0).getInt64());
+    for (const auto& row : reader->rows("SELECT value FROM fields WHERE name = 'Seq'")) {
+      existing.insert(std::stoll(row.at(0).value_or("0")));
     }
     for (std::int64_t seq = 1; seq <= static_cast<std::int64_t>(quota); ++seq) {
       if (existing.count(seq) != 0) continue;
-      while (countWork(reader).running >= kMaxRunning) {
+      while (countWork(*reader).running >= kMaxRunning) {
         std::unique_lock lock(mutex_);
         if (changed_.wait_for(lock, kStartPause, [&] { return failureCode_ != 0; })) {
           return std::nullopt;  // the loop after reports it
@@ -529,16 +527,15 @@ class Life {
 
   void printOpenInstances() {
     try {
-      SQLite::Database reader(databasePath(config_), SQLite::OPEN_READONLY);
-      SQLite::Statement open(reader,
-                             "SELECT i.id, i.status, r.step, r.status, r.attempt FROM instances i "
-                             "JOIN step_runs r ON r.instance_id = i.id AND r.run = i.current_run "
-                             "WHERE i.status != 'Completed' ORDER BY i.id LIMIT 20");
-      while (open.executeStep()) {
+      auto reader = testing::openTestSql(storeSpec(config_));
+      for (const auto& row :
+           reader->rows("SELECT i.id, i.status, r.step, r.status, r.attempt FROM instances i "
+                        "JOIN step_runs r ON r.instance_id = i.id AND r.run = i.current_run "
+                        "WHERE i.status != 'Completed' ORDER BY i.id LIMIT 20")) {
         std::cerr << fmt::format("  instance {} {}: step {} {} (attempt {})\n",
-                                 open.getColumn(0).getInt64(), open.getColumn(1).getString(),
-                                 open.getColumn(2).getString(), open.getColumn(3).getString(),
-                                 open.getColumn(4).getInt());
+                                 row.at(0).value_or(""), row.at(1).value_or(""),
+                                 row.at(2).value_or(""), row.at(3).value_or(""),
+                                 row.at(4).value_or(""));
       }
     } catch (const std::exception& e) {
       std::cerr << "  (cannot list them: " << e.what() << ")\n";

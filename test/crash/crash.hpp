@@ -11,15 +11,19 @@
 #include <utility>
 #include <vector>
 
-namespace SQLite {
-class Database;
+namespace asyncflow::testing {
+class TestSql;
 }
 
 namespace asyncflow::crash {
 
 // Settings of one harness run, from the command line (see main.cpp for the flags).
 struct CrashConfig {
-  std::string dir;               // holds crash.db and the logs below
+  std::string dir;  // holds crash.db (or the store file) and the logs below
+  // The store (support/test_store.hpp): empty for the SQLite file crash.db in
+  // dir; "postgres:<schema>" for a schema of the PostgreSQL test server. The
+  // run flag --store postgres makes a fresh schema and names it in dir/store.
+  std::string store;
   std::uint64_t seed = 0;        // seeds the kill delays; printed, so a run can be replayed
   std::size_t kills = 25;        // run: SIGKILLs to deliver
   std::size_t instances = 1000;  // instances the workload starts in total
@@ -56,6 +60,12 @@ inline constexpr const char* kFinishAttempt = "FinishAttempt";
 // Files in CrashConfig::dir. Every life writes logs of its own, so that a kill
 // in the middle of a line never tears another process's line.
 inline std::string databasePath(const CrashConfig& c) { return c.dir + "/crash.db"; }
+// The spec of the store the lives share: CrashConfig::store, or the SQLite file.
+inline std::string storeSpec(const CrashConfig& c) {
+  return c.store.empty() ? databasePath(c) : c.store;
+}
+// With a PostgreSQL store: the spec of its schema, so that check --dir finds it.
+inline std::string storeNamePath(const CrashConfig& c) { return c.dir + "/store"; }
 // "<serial> <token>\n" per acknowledged completion: written after success, fsynced.
 inline std::string ackLogPath(const CrashConfig& c, std::size_t life) {
   return c.dir + "/acks.L" + std::to_string(life) + ".log";
@@ -150,8 +160,8 @@ struct WorkCounts {
   std::int64_t waiting = 0;
   std::int64_t completed() const { return total - running - waiting; }
 };
-// Throws SQLite::Exception when the database cannot be read.
-WorkCounts countWork(SQLite::Database& db);
+// Throws std::runtime_error when the database cannot be read.
+WorkCounts countWork(testing::TestSql& db);
 
 // How a child life ends when nobody kills it.
 enum ChildExit : int {

@@ -12,11 +12,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <SQLiteCpp/SQLiteCpp.h>
 #include <fmt/format.h>
 #include <time.h>
 
 #include "crash.hpp"
+#include "support/test_store.hpp"
 
 namespace asyncflow::crash {
 namespace {
@@ -76,18 +76,21 @@ std::int64_t wallMicros() {
   return static_cast<std::int64_t>(now.tv_sec) * 1'000'000 + now.tv_nsec / 1000;
 }
 
-WorkCounts countWork(SQLite::Database& db) {
+WorkCounts countWork(testing::TestSql& db) {
   // One statement, so one snapshot; each count reads an index (the Waiting
   // instances are those whose current run waits).
-  SQLite::Statement counts(db,
-                           "SELECT (SELECT COUNT(*) FROM instances), (SELECT COUNT(*) FROM "
-                           "instances WHERE status = 'Running'), (SELECT COUNT(*) FROM step_runs "
-                           "WHERE status = 'Waiting')");
-  counts.executeStep();
+  const auto rows = db.rows(
+      "SELECT (SELECT COUNT(*) FROM instances), (SELECT COUNT(*) FROM "
+      "instances WHERE status = 'Running'), (SELECT COUNT(*) FROM step_runs "
+      "WHERE status = 'Waiting')");
+  auto number = [&](std::size_t column) {
+    const auto& value = rows.at(0).at(column);
+    return value ? std::stoll(*value) : std::int64_t{0};
+  };
   WorkCounts work;
-  work.total = counts.getColumn(0).getInt64();
-  work.running = counts.getColumn(1).getInt64();
-  work.waiting = counts.getColumn(2).getInt64();
+  work.total = number(0);
+  work.running = number(1);
+  work.waiting = number(2);
   return work;
 }
 

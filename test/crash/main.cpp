@@ -38,10 +38,15 @@
 //
 //   asyncflow_crash run [--kills 25] [--instances 1000] [--hosts 1] [--seed N] [--dir D]
 //                       [--keep] [--completers 4] [--workers 2] [--min-delay-ms 5]
-//                       [--max-delay-ms 200]
+//                       [--max-delay-ms 200] [--store postgres]
 //   asyncflow_crash check --dir D --instances N [--hosts H]  # check a kept directory again
 //   asyncflow_crash selftest [--seed N]                       # the checker rejects tampered files
 //   asyncflow_crash child ...                                 # one life (the parent runs it)
+//
+// --store postgres runs the lives on a fresh schema of the PostgreSQL test
+// server (ASYNCFLOW_TEST_POSTGRES, or the ctest fixture's: support/test_store.hpp)
+// instead of the file; the checker reads it the same way, but for SQLite's
+// integrity check. ctest crash.hosts3.postgres runs crash.hosts3 so.
 //
 // The seed is printed first; the same seed replays the same kill delays and
 // choices (the interleavings inside the lives still vary). On failure the files
@@ -75,16 +80,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <SQLiteCpp/SQLiteCpp.h>
 #include <fmt/format.h>
 #include <stdlib.h>
 
 #include "crash.hpp"
+#include "support/test_store.hpp"
 
 namespace {
 
 using namespace asyncflow::crash;
 namespace fs = std::filesystem;
+namespace testing = asyncflow::testing;
 
 constexpr int kUsageError = 64;
 // With several hosts, the parent gives up when no instance completes this long.
@@ -93,7 +99,7 @@ constexpr std::chrono::seconds kNoProgress{60};
 void usage() {
   std::cerr << "usage: asyncflow_crash run|check|selftest|child [--kills K] [--instances N] "
                "[--hosts H] [--seed S] [--dir D] [--keep] [--completers C] [--workers W] "
-               "[--min-delay-ms A] [--max-delay-ms B] [--life L] [--verbose]\n";
+               "[--min-delay-ms A] [--max-delay-ms B] [--store postgres] [--life L] [--verbose]\n";
 }
 
 // Parses the flags after the mode into `config`. False (after a message) on a bad flag.
@@ -122,6 +128,12 @@ bool parseFlags(int argc, char** argv, CrashConfig& config) {
       };
       if (flag == "--dir") {
         config.dir = value;
+      } else if (flag == "--store") {
+        if (value != "postgres" && !testing::isPostgresSpec(value)) {
+          std::cerr << "asyncflow_crash: --store takes postgres (or postgres:<schema>)\n";
+          return false;
+        }
+        config.store = value;
       } else if (flag == "--seed") {
         config.seed = number();
       } else if (flag == "--kills") {
@@ -186,6 +198,10 @@ Spawned spawnLife(const CrashConfig& config, std::size_t life, std::size_t quota
                                    "--completers", std::to_string(config.completers),
                                    "--workers",    std::to_string(config.workers),
                                    "--life",       std::to_string(life)};
+  if (!config.store.empty()) {
+    args.emplace_back("--store");
+    args.emplace_back(config.store);
+  }
   if (killable) {
     args.emplace_back("--idle-fd");
     args.emplace_back(std::to_string(kIdleFd));
@@ -399,8 +415,8 @@ class Parent {
   std::int64_t completedSoFar() {
     try {
       if (!reader_) {
-        if (!fs::exists(databasePath(config_))) return 0;
-        reader_.emplace(databasePath(config_), SQLite::OPEN_READONLY, 5000);
+        if (config_.store.empty() && !fs::exists(databasePath(config_))) return 0;
+        reader_ = testing::openTestSql(storeSpec(config_));
       }
       return countWork(*reader_).completed();
     } catch (const std::exception&) {
@@ -416,7 +432,7 @@ class Parent {
   const CrashConfig& config_;
   std::mt19937_64 random_;  // the kill delays and victims
   AppendLog lives_;
-  std::optional<SQLite::Database> reader_;
+  std::unique_ptr<testing::TestSql> reader_;
   int maxDelayMs_;
   std::size_t idleKills_ = 0;
 };
@@ -429,22 +445,29 @@ int runHarness(CrashConfig config, bool quietSummary = false, CheckReport* repor
     config.dir = makeScratchDir();
   } else {
     fs::create_directories(config.dir);
-    if (fs::exists(databasePath(config))) {
+    if (fs::exists(databasePath(config)) || fs::exists(storeNamePath(config))) {
       std::cerr << "asyncflow_crash: " << config.dir << " already holds a run; use an empty one\n";
       return kUsageError;
     }
   }
+  if (config.store == "postgres") {
+    // A schema of its own on the test server, named where check --dir finds it.
+    config.store = fmt::format("postgres:crash_{}_{}", ::getpid(), config.seed % 1'000'000);
+    std::ofstream(storeNamePath(config)) << config.store << '\n';
+  }
   if (!quietSummary) {
     std::cout << fmt::format(
         "asyncflow_crash: seed {}; {} hosts, {} kills, {} instances, {} completers, {} workers, "
-        "kill after {}-{} ms; dir {}\n",
+        "kill after {}-{} ms; dir {}{}\n",
         config.seed, config.hosts, config.kills, config.instances, config.completers,
-        config.workers, config.minDelayMs, config.maxDelayMs, config.dir);
+        config.workers, config.minDelayMs, config.maxDelayMs, config.dir,
+        config.store.empty() ? std::string() : "; store " + config.store);
   }
   const auto began = std::chrono::steady_clock::now();
   auto fail = [&](const std::string& why) {
-    std::cout << fmt::format("FAIL (seed {}): {}\nfiles kept in {}\n", config.seed, why,
-                             config.dir);
+    std::cout << fmt::format("FAIL (seed {}): {}\nfiles kept in {}{}\n", config.seed, why,
+                             config.dir,
+                             config.store.empty() ? std::string() : ", store " + config.store);
     return 1;
   };
 
@@ -485,6 +508,7 @@ int runHarness(CrashConfig config, bool quietSummary = false, CheckReport* repor
   if (report != nullptr) *report = std::move(checked);
   if (ownDir && !config.keep) {
     fs::remove_all(config.dir);
+    if (!config.store.empty()) testing::dropTestStores(config.store);
   } else if (!quietSummary) {
     std::cout << "files kept in " << config.dir << '\n';
   }
@@ -500,8 +524,9 @@ struct Tamper {
 };
 
 void execSql(const CrashConfig& config, const std::string& sql) {
-  SQLite::Database db(databasePath(config), SQLite::OPEN_READWRITE);
-  if (db.exec(sql) < 1) throw std::runtime_error("tamper changed nothing: " + sql);
+  if (testing::openTestSql(storeSpec(config))->change(sql) < 1) {
+    throw std::runtime_error("tamper changed nothing: " + sql);
+  }
 }
 
 void appendLine(const std::string& path, const std::string& line) {
@@ -704,6 +729,10 @@ bool rejectsAll(const CrashConfig& base, const CheckReport& report, const Tamper
 // fail. The three-host run is repeated with the next seed until it holds a
 // takeover for the takeover tampers (a kill of a life with no lease is possible).
 int runSelfTest(CrashConfig config) {
+  if (!config.store.empty()) {
+    std::cerr << "asyncflow_crash selftest: the tampered copies are SQLite files; no --store\n";
+    return kUsageError;
+  }
   const std::string scratch = makeScratchDir();
   std::size_t rejected = 0;
   std::size_t copies = 0;
@@ -774,6 +803,7 @@ int main(int argc, char** argv) {
         std::cerr << "asyncflow_crash check: --dir is required\n";
         return kUsageError;
       }
+      if (std::ifstream named(storeNamePath(config)); named) named >> config.store;
       const CheckReport report = check(config);
       std::cout << fmt::format(
           "check: {} instances, {} acknowledged completions, {} handler runs, {} re-runs, {} "

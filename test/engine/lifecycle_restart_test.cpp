@@ -4,6 +4,10 @@
 // retries, history, versions, business keys, cancels and listeners must all
 // come from the file, not from anything A held in memory. Time is a shared
 // ManualClock and timers fire only through runDueTimers(): no test sleeps.
+//
+// Built a second time as lifecycle_restart_pg_test with
+// ASYNCFLOW_LIFECYCLE_ON_POSTGRES: the same tests with a schema of the
+// PostgreSQL test server in place of the file (each engine its own PostgresStore).
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -17,6 +21,7 @@
 #include <unistd.h>
 
 #include "support/catch.hpp"
+#include "support/test_store.hpp"
 #include "support/test_support.hpp"
 
 namespace Catch {
@@ -50,18 +55,41 @@ namespace {
 
 using asyncflow::testing::TempDir;
 
-// One database file plus the clock and random source that both engines of a
-// test share, so that B continues A's timeline and never repeats A's secrets.
+// The store named by a fresh spec (support/test_store.hpp): a file in `dir`, or
+// a schema of the PostgreSQL test server no other test uses.
+std::string freshStoreSpec(const TempDir& dir) {
+#ifdef ASYNCFLOW_LIFECYCLE_ON_POSTGRES
+  (void)dir;
+  static int made = 0;
+  return "postgres:lifecycle_" + std::to_string(::getpid()) + "_" + std::to_string(++made);
+#else
+  return dir.file("workflows.db");
+#endif
+}
+
+// One database (file or schema) plus the clock and random source that both
+// engines of a test share, so that B continues A's timeline and never repeats
+// A's secrets.
 struct RestartHarness {
+  RestartHarness() = default;
+  ~RestartHarness() { asyncflow::testing::dropTestStores(db); }
+  RestartHarness(const RestartHarness&) = delete;
+  RestartHarness& operator=(const RestartHarness&) = delete;
+
   TempDir dir;
-  std::string db = dir.file("workflows.db");
+  std::string db = freshStoreSpec(dir);
   std::shared_ptr<ManualClock> clock = std::make_shared<ManualClock>();
   std::shared_ptr<asyncflow::testing::CountingRandom> random =
       std::make_shared<asyncflow::testing::CountingRandom>();
   const Timestamp t0 = clock->now();
 
-  // A newly opened store on the file: each engine gets its own connection.
+  // A newly opened store on the database: each engine gets its own connection.
   std::shared_ptr<Store> openStore() const {
+    if (asyncflow::testing::isPostgresSpec(db)) {
+      auto store = asyncflow::testing::openTestStore(db, 2);
+      if (!store) FAIL("open " << db << ": " << store.error().toString());
+      return std::shared_ptr<Store>(std::move(*store));
+    }
     SqliteOptions options;
     options.synchronous = Synchronous::Normal;
     auto store = SqliteStore::open(db, options);

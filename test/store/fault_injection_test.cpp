@@ -17,6 +17,10 @@
 // Faults come from asyncflow::testing::FaultInjectingStore; the "real" full disk
 // from a SQLite file capped with SqliteOptions::maxPageCount, alone and in a
 // group commit. Last, the timer thread must retry a timer whose commit failed.
+//
+// Built a second time as fault_injection_pg_test with ASYNCFLOW_FAULTS_ON_POSTGRES:
+// the same matrix on PostgresStore (a fresh schema of the test server per run,
+// its rows compared in SQL over a connection of its own), and nothing else.
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -36,6 +40,8 @@
 #include <utility>
 #include <vector>
 
+#include <unistd.h>
+
 #include <SQLiteCpp/Database.h>
 #include <SQLiteCpp/Statement.h>
 #include <asyncflow/testing/fault_injection.hpp>
@@ -44,6 +50,7 @@
 
 #include "store/sqlite/sqlite_store_probe.hpp"
 #include "support/sqlite_support.hpp"
+#include "support/test_store.hpp"
 #include "support/test_support.hpp"
 
 namespace {
@@ -211,7 +218,13 @@ std::string sqlDump(const std::string& path) {
   return out;
 }
 
-StoreState readState(Store& store, const std::string& sqlitePath) {
+// Every row of every table of the PostgreSQL schema, as sqlDump() for SQLite.
+std::string postgresDump(asyncflow::testing::TestSql& sql) {
+  return asyncflow::testing::dumpTables(sql, {"asyncflow_migrations"},
+                                        {"process_versions.declared_at"});
+}
+
+StoreState readState(Store& store, const std::function<std::string()>& dump) {
   StoreState state;
   for (InstanceId id = 1;; ++id) {
     auto snapshot = store.loadInstance(id);
@@ -233,8 +246,12 @@ StoreState readState(Store& store, const std::string& sqlitePath) {
     state.runs.push_back(std::move(runs));
     state.histories.push_back(std::move(*history));
   }
-  if (!sqlitePath.empty()) state.sql = sqlDump(sqlitePath);
+  if (dump) state.sql = dump();
   return state;
+}
+
+[[maybe_unused]] StoreState readState(Store& store, const std::string& sqlitePath) {
+  return readState(store, [&] { return sqlDump(sqlitePath); });
 }
 
 // Equal through the Store interface and, when `withSql`, row for row in SQL.
@@ -245,10 +262,30 @@ void checkSameState(const StoreState& actual, const StoreState& expected, bool w
 
 // --- a world: a store under a fault injector under an engine ------------------------------
 
-enum class StoreKind { Memory, Sqlite };
+enum class StoreKind { Memory, Sqlite, Postgres };
 
 std::string storeName(StoreKind kind) {
-  return kind == StoreKind::Memory ? "MemoryStore" : "SqliteStore";
+  switch (kind) {
+    case StoreKind::Memory: return "MemoryStore";
+    case StoreKind::Sqlite: return "SqliteStore";
+    case StoreKind::Postgres: return "PostgresStore";
+  }
+  return "?";
+}
+
+// The stores this executable runs the matrix on.
+std::vector<StoreKind> storeKinds() {
+#ifdef ASYNCFLOW_FAULTS_ON_POSTGRES
+  return {StoreKind::Postgres};
+#else
+  return {StoreKind::Memory, StoreKind::Sqlite};
+#endif
+}
+
+// A schema of the test server no other World (and no other test process) uses.
+std::string freshPostgresSpec() {
+  static int made = 0;
+  return "postgres:faults_" + std::to_string(::getpid()) + "_" + std::to_string(++made);
 }
 
 // Between the fault injector and the real store: while recording, logs every
@@ -358,6 +395,14 @@ class World {
       SqliteOptions options;
       options.synchronous = Synchronous::Normal;  // durability is not under test here
       real_ = openStore(path_, options);
+      dump_ = [this] { return sqlDump(path_); };
+    } else if (kind == StoreKind::Postgres) {
+      postgres_ = freshPostgresSpec();
+      auto opened = asyncflow::testing::openTestStore(postgres_, 1);
+      if (!opened) FAIL("PostgresStore: " << opened.error().toString());
+      real_ = std::shared_ptr<Store>(std::move(*opened));
+      sql_ = asyncflow::testing::openTestSql(postgres_);
+      dump_ = [this] { return postgresDump(*sql_); };
     } else {
       real_ = std::make_shared<MemoryStore>();
     }
@@ -365,7 +410,14 @@ class World {
     faults = std::make_shared<FaultInjectingStore>(recorder);
     newEngine(true);
   }
-  ~World() { engine.reset(); }
+  ~World() {
+    engine.reset();
+    faults.reset();
+    recorder.reset();
+    real_.reset();
+    sql_.reset();
+    if (!postgres_.empty()) asyncflow::testing::dropTestStores(postgres_);
+  }
   World(const World&) = delete;
   World& operator=(const World&) = delete;
 
@@ -398,7 +450,7 @@ class World {
     return info->serial;
   }
 
-  StoreState state() { return readState(*real_, path_); }
+  StoreState state() { return readState(*real_, dump_); }
 
   std::shared_ptr<ManualClock> clock = std::make_shared<ManualClock>();
   std::shared_ptr<CountingRandom> random = std::make_shared<CountingRandom>();
@@ -411,6 +463,9 @@ class World {
  private:
   std::optional<TempDir> dir_;
   std::string path_;
+  std::string postgres_;  // the "postgres:" spec of its schema, for PostgresStore
+  std::unique_ptr<asyncflow::testing::TestSql> sql_;
+  std::function<std::string()> dump_;  // the rows in SQL; empty for MemoryStore
   std::shared_ptr<Store> real_;
 };
 
@@ -806,7 +861,7 @@ void checkFaultPoint(const Scenario& scenario, StoreKind kind, const DryRun& dry
 // write points (FaultScope::Applies) or every store call (AnyCall). How many.
 std::size_t runFaultMatrix(FaultScope scope) {
   std::size_t points = 0;
-  for (StoreKind kind : {StoreKind::Memory, StoreKind::Sqlite}) {
+  for (StoreKind kind : storeKinds()) {
     for (const Scenario& scenario : scenarios()) {
       INFO(storeName(kind) << ", " << scenario.name);
       const DryRun dry = dryRun(scenario, kind);
@@ -839,19 +894,20 @@ TEST_CASE(
   const std::size_t points = runFaultMatrix(FaultScope::Applies);
   // 24 write points (start 3, startOnce 3, completeServerEvent 2,
   // completeServerEventByKey 2, failServerEvent 2, heartbeat 1, cancel 1, retry 2,
-  // runDueTimers 2, define's recovery 3, recover 3) x 3 kinds x 2 stores.
-  CHECK(points == 144);
+  // runDueTimers 2, define's recovery 3, recover 3) x 3 kinds x each store.
+  CHECK(points == 72 * storeKinds().size());
   std::cout << "fault_injection_test: " << points
             << " write fault points injected (operations x write points x kinds x stores)\n";
 }
 
 TEST_CASE("a fault at any store call, reads included: the same contract") {
   const std::size_t points = runFaultMatrix(FaultScope::AnyCall);
-  CHECK(points > 144);
+  CHECK(points > 72 * storeKinds().size());
   std::cout << "fault_injection_test: " << points
             << " call fault points injected (operations x store calls x kinds x stores)\n";
 }
 
+#ifndef ASYNCFLOW_FAULTS_ON_POSTGRES
 // --- the kit itself: every Store call is counted, named and failed ------------------------
 
 namespace {
@@ -1227,3 +1283,4 @@ TEST_CASE("the timer thread fires a timer again after the store failed its commi
   CHECK(info->status == InstanceStatus::Completed);
   CHECK(info->fields.get<std::string>("Outcome").value_or("") == "escalated");
 }
+#endif  // ASYNCFLOW_FAULTS_ON_POSTGRES
