@@ -133,7 +133,9 @@ TEST_CASE(
   // The watch listens again, says so, and hears B's commits as before.
   calls.awaitAtLeast(2);
   const int heard = calls.count();
-  REQUIRE(b->apply({creation()}).has_value());
+  auto other = b->apply({creation()});
+  INFO((other ? std::string("ok") : other.error().toString()));
+  REQUIRE(other);
   calls.awaitAtLeast(heard + 1);
 }
 

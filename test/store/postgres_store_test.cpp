@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -22,6 +23,7 @@
 #include "asyncflow/testing/store_conformance.hpp"
 #include "postgres/pg_test_server.hpp"
 #include "store/postgres/codec.hpp"
+#include "store/postgres/pq.hpp"
 #include "support/catch.hpp"
 #include "support/test_support.hpp"
 
@@ -165,6 +167,165 @@ TEST_CASE("a watch is called once it listens, then after each commit of another 
   REQUIRE(b->apply({someCreate()}).has_value());
   calls.awaitAtLeast(3);
   watch.reset();  // returns with no call in progress
+}
+
+namespace {
+
+// A connection of the test's own that LISTENs on a schema's channel.
+class ChannelListener {
+ public:
+  ChannelListener(const std::string& conninfo, const std::string& schema)
+      : conn_(PQconnectdb(conninfo.c_str())), channel_("asyncflow_" + schema) {
+    REQUIRE(PQstatus(conn_) == CONNECTION_OK);
+    PQclear(PQexec(conn_, ("LISTEN " + channel_).c_str()));
+  }
+  ~ChannelListener() { PQfinish(conn_); }
+  ChannelListener(const ChannelListener&) = delete;
+  ChannelListener& operator=(const ChannelListener&) = delete;
+
+  // How many notifications came before a mark that this connection sends
+  // itself now: notifications arrive in commit order, so every commit that
+  // returned before this call and announced itself is counted.
+  int countBeforeMark() {
+    PQclear(PQexec(conn_, ("NOTIFY " + channel_ + ", 'mark'").c_str()));
+    int count = 0;
+    for (;;) {
+      REQUIRE(PQconsumeInput(conn_) == 1);
+      while (PGnotify* n = PQnotifies(conn_)) {
+        const bool mark = std::string(n->extra) == "mark";
+        PQfreemem(n);
+        if (mark) return count;
+        ++count;
+      }
+      pollfd fd{PQsocket(conn_), POLLIN, 0};
+      REQUIRE(::poll(&fd, 1, -1) == 1);
+    }
+  }
+
+ private:
+  PGconn* conn_;
+  std::string channel_;
+};
+
+}  // namespace
+
+TEST_CASE(
+    "a commit announces itself when it leaves another host work: a lease, a deadline or a "
+    "completion to run, not a finished instance") {
+  const std::string conninfo = conninfoOrSkip();
+  Schemas schemas(conninfo);
+  PostgresOptions options;
+  options.schema = schemas.fresh("announce");
+  auto store = openOrFail(conninfo, options);
+  ChannelListener listener(conninfo, options.schema);
+
+  // A Running instance: a lease to take over if its host dies.
+  auto created = store->apply({someCreate()});
+  REQUIRE(created);
+  CHECK(listener.countBeforeMark() == 1);
+  auto loaded = store->loadInstance(created->front().instance);
+  REQUIRE(loaded);
+
+  // Finished: nobody has work from it.
+  ChangeSet finish;
+  finish.instance = loaded->record;
+  finish.expectedVersion = loaded->record.version;
+  finish.instance.status = InstanceStatus::Completed;
+  REQUIRE(store->apply({finish}).has_value());
+  CHECK(listener.countBeforeMark() == 0);
+  REQUIRE(store->apply({someCreate()}).has_value());
+  CHECK(listener.countBeforeMark() == 1);
+
+  // Waiting with a deadline: another host's timer may fire it.
+  auto second = store->loadInstance(2);
+  REQUIRE(second);
+  ChangeSet wait;
+  wait.instance = second->record;
+  wait.expectedVersion = second->record.version;
+  wait.instance.status = InstanceStatus::Waiting;
+  wait.instance.currentRun = wait.instance.lastRun = 1;
+  StepRunRecord run;
+  run.instance = 2;
+  run.run = 1;
+  run.step = "Wait";
+  run.kind = StepKind::Async;
+  run.status = StepRunStatus::Waiting;
+  run.attempt = 1;
+  run.deadline = Timestamp{} + std::chrono::hours(1);
+  wait.stepRuns.push_back(run);
+  REQUIRE(store->apply({wait}).has_value());
+  CHECK(listener.countBeforeMark() == 1);
+
+  // Waiting with nothing due (the deadline gone): no work for anyone; then a
+  // completion recorded for a host that defines the version: work.
+  auto waiting = store->loadInstance(2);
+  REQUIRE(waiting);
+  ChangeSet quiet;
+  quiet.instance = waiting->record;
+  quiet.expectedVersion = waiting->record.version;
+  run.deadline.reset();
+  quiet.stepRuns.push_back(run);
+  REQUIRE(store->apply({quiet}).has_value());
+  CHECK(listener.countBeforeMark() == 0);
+  auto again = store->loadInstance(2);
+  REQUIRE(again);
+  ChangeSet completion;
+  completion.instance = again->record;
+  completion.expectedVersion = again->record.version;
+  run.hasCompletion = true;
+  completion.stepRuns.push_back(run);
+  REQUIRE(store->apply({completion}).has_value());
+  CHECK(listener.countBeforeMark() == 1);
+}
+
+TEST_CASE(
+    "an implicit transaction commits at its end, and one abandoned or failed halfway commits "
+    "nothing and closes its connection") {
+  using asyncflow::detail::pg::Call;
+  using asyncflow::detail::pg::Connection;
+  using asyncflow::detail::pg::PgError;
+  const std::string conninfo = conninfoOrSkip();
+  Schemas schemas(conninfo);
+  const std::string schema = schemas.fresh("implicit");
+  REQUIRE(execute(conninfo, "CREATE SCHEMA " + schema + "; CREATE TABLE " + schema +
+                                ".t (k integer PRIMARY KEY)") == "");
+  auto insert = [&](int k) {
+    return Call{"INSERT INTO " + schema + ".t VALUES (" + std::to_string(k) + ")", true, {}};
+  };
+  auto rows = [&] {
+    Connection reader(conninfo, 10);
+    return reader.exec("SELECT k FROM " + schema + ".t ORDER BY k").rows();
+  };
+
+  {
+    Connection c(conninfo, 10);
+    c.beginImplicit();
+    std::vector<Call> first{insert(1)};
+    c.exchange(first);
+    CHECK(rows() == 0);  // not committed before the end
+    std::vector<Call> last{insert(2)};
+    c.end(last);
+    CHECK(rows() == 2);
+    CHECK(c.ok());
+    CHECK(c.idle());
+  }
+  {
+    Connection c(conninfo, 10);
+    c.beginImplicit();
+    std::vector<Call> first{insert(3)};
+    c.exchange(first);
+    c.abandonImplicit();  // as a writer does when anything goes wrong before the end
+    CHECK_FALSE(c.ok());
+    CHECK(rows() == 2);
+  }
+  {
+    Connection c(conninfo, 10);
+    c.beginImplicit();
+    std::vector<Call> calls{insert(4), insert(1)};  // the second violates the key
+    CHECK_THROWS_AS(c.exchange(calls), PgError);
+    CHECK_FALSE(c.ok());
+    CHECK(rows() == 2);
+  }
 }
 
 TEST_CASE(
@@ -417,8 +578,8 @@ TEST_CASE("a statement the server cuts off at statementTimeout is StoreError and
 }
 
 TEST_CASE(
-    "a connection dropped inside a commit is StoreError with nothing written, and the next call "
-    "works") {
+    "a connection dropped in a batch's last round trip is StoreError with nothing written, one "
+    "dropped in its first runs the batch again on a new connection, and the next calls work") {
   const std::string conninfo = conninfoOrSkip();
   Schemas schemas(conninfo);
   PostgresOptions options;
@@ -432,9 +593,15 @@ TEST_CASE(
   ChangeSet update = updateOf(before);
   update.fields.set("OrderId", "C-3");
 
+  // Cut in the last round trip (the guarded UPDATE went through; the field's
+  // upsert waits for the lock): the store asks the server whether the
+  // transaction committed (it did not), and the call fails with nothing written.
   Session other(conninfo);
   other.rows("BEGIN");
-  other.rows("LOCK TABLE " + options.schema + ".instances IN ACCESS EXCLUSIVE MODE");
+  // Row locks, not table locks: a new connection of the store (which prepares
+  // its statements) and the check of a lost commit's outcome are not held up.
+  other.rows("SELECT 1 FROM " + options.schema +
+             ".fields WHERE instance_id = " + std::to_string(id) + " FOR UPDATE");
   Result<std::vector<ApplyResult>> cut = std::vector<ApplyResult>{};
   std::thread writer([&] { cut = store->apply({update}); });
   const std::string pid = other.awaitBlocked(options.schema);
@@ -448,9 +615,23 @@ TEST_CASE(
   // Reads and writes go on, on a new connection.
   CHECK(load(*store, id).record.version == before.record.version);
   CHECK(load(*store, id).fields == before.fields);
-  auto again = store->apply({update});
+
+  // Cut in the first round trip (the UPDATE waits for the lock): nothing was
+  // committed, as when a connection broke while idle, so the batch runs again
+  // on a new connection, and succeeds once the lock is free.
+  other.rows("BEGIN");
+  other.rows("SELECT 1 FROM " + options.schema + ".instances WHERE id = " + std::to_string(id) +
+             " FOR UPDATE");
+  Result<std::vector<ApplyResult>> again = std::vector<ApplyResult>{};
+  std::thread second([&] { again = store->apply({update}); });
+  const std::string first = other.awaitBlocked(options.schema);
+  other.rows("SELECT pg_terminate_backend(" + first + ")");
+  other.rows("COMMIT");
+  second.join();
+  INFO((again ? std::string("ok") : again.error().toString()));
   REQUIRE(again);
   CHECK(again->front().status == ApplyStatus::Applied);
+  CHECK(load(*store, id).fields.getOr<std::string>("OrderId", "") == "C-3");
   // Every connection of the store dropped while idle: no call fails for it.
   other.rows("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '" +
              options.schema + "'");

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <memory>
@@ -300,6 +301,21 @@ std::optional<ProcessDeclaration> readDeclaration(Connection& c, const std::stri
 
 // --- row writers -----------------------------------------------------------------------
 
+// Whether another host may have work from `set` once it commits, so that the
+// commit announces itself (NOTIFY): a Running instance (a lease another host
+// takes over when it expires, or an instance offered to any host), or a waiting
+// run with a deadline (a timer) or with a completion recorded for a host that
+// defines its version. An instance left finished, or waiting with nothing due,
+// gives nobody work: most completions end so, and skip the NOTIFY and the
+// lock PostgreSQL takes for it at commit.
+bool concernsOtherHosts(const ChangeSet& set) {
+  if (set.instance.status == InstanceStatus::Running) return true;
+  for (const StepRunRecord& run : set.stepRuns) {
+    if (run.status == StepRunStatus::Waiting && (run.deadline || run.hasCompletion)) return true;
+  }
+  return false;
+}
+
 // Adds $1..$10 of insert_instance and update_instance.
 void addHeader(Params& p, const InstanceRecord& r) {
   addText(p, r.process);
@@ -322,18 +338,29 @@ Call sql(std::string text) { return Call{std::move(text), true, Params()}; }
 // Writes one batch in one transaction, in as few round trips as its guards
 // allow: a statement waits until a guard (the version-guarded UPDATE that
 // decides whether the rest of its set is written, or a create's INSERT whose id
-// the rest needs) or the COMMIT must hear back from the server, and goes in the
-// same pipeline. A completion (one update set) is two round trips: BEGIN and
-// the guarded UPDATE; the rest of the set and COMMIT. Throws PgError; the
-// caller rolls back.
+// the rest needs) or the end must hear back from the server, and goes in the
+// same pipeline. A batch without start keys is one implicit transaction of the
+// pipeline (Connection::beginImplicit: no BEGIN, no COMMIT, committed at the
+// Sync), so a completion (one update set) is two round trips and no statement
+// but its own: the guarded UPDATE; the rest of the set, and the Sync. A start
+// key needs a savepoint, which needs BEGIN and COMMIT: a batch with one is an
+// explicit transaction, each round trip a pipeline of its own. Throws PgError;
+// the caller calls abandon(), then rolls back.
 class BatchWriter {
  public:
-  explicit BatchWriter(Connection& c) : c_(c) {
-    // BEGIN and the transaction's id wait for the first round trip.
-    pending_.push_back(sql("BEGIN"));
-    pending_.push_back(sql("SELECT txid_current()"));
-    idAt_ = 1;
+  BatchWriter(Connection& c, bool explicitTransaction) : c_(c), explicit_(explicitTransaction) {
+    if (explicit_) {
+      pending_.push_back(sql("BEGIN"));  // waits for the first round trip
+    } else {
+      c_.beginImplicit();
+    }
+    // The transaction's id comes back with the first write that guards a set
+    // (RETURNING txid_current()).
   }
+
+  // Closes the connection when an implicit transaction is left unfinished, so
+  // that nothing of it is committed.
+  void abandon() noexcept { c_.abandonImplicit(); }
 
   ApplyResult apply(ChangeSet& set) {
     InstanceRecord& header = set.instance;
@@ -348,19 +375,27 @@ class BatchWriter {
       p.add(static_cast<std::int64_t>(header.version));
       p.add(static_cast<std::int64_t>(header.id));
       p.add(static_cast<std::int64_t>(set.expectedVersion));
-      if (send(prepared(kUpdateInstance, std::move(p))).affected() == 0) {
-        return ApplyResult{ApplyStatus::Conflict, header.id};
-      }
+      const PgResult updated = send(prepared(kUpdateInstance, std::move(p)));
+      if (updated.affected() == 0) return ApplyResult{ApplyStatus::Conflict, header.id};
+      noteTransaction(updated, 0);
     }
     queueRest(set);
     return ApplyResult{ApplyStatus::Applied, header.id};
   }
 
-  // Sends what waits, then `notify` (unless empty) and COMMIT, in one round trip.
+  // Sends what waits, then `notify` (unless empty) and the end (COMMIT, or the
+  // Sync of an implicit transaction), in one round trip.
   void commit(const std::string& notify) {
     if (!notify.empty()) pending_.push_back(sql(notify));
-    pending_.push_back(sql("COMMIT"));
-    flush();
+    if (explicit_) {
+      pending_.push_back(sql("COMMIT"));
+      flush();
+    } else {
+      std::vector<Call> calls;
+      calls.swap(pending_);
+      c_.end(calls);
+      sentAny_ = true;
+    }
   }
 
   // The transaction's id once the first round trip is done; empty before.
@@ -379,13 +414,14 @@ class BatchWriter {
   std::vector<PgResult> flush() {
     std::vector<Call> calls;
     calls.swap(pending_);
-    std::vector<PgResult> results = c_.pipeline(calls);
-    sentAny_ = true;
-    if (idAt_ >= 0) {
-      transaction_ = std::string(results[static_cast<std::size_t>(idAt_)].text(0, 0));
-      idAt_ = -1;
-    }
+    std::vector<PgResult> results = explicit_ ? c_.pipeline(calls) : c_.exchange(calls);
+    sentAny_ = true;  // only once it went through: a first one lost was lost while idle
     return results;
+  }
+
+  // Keeps the transaction's id from column `column` of a guard's row.
+  void noteTransaction(const PgResult& guard, int column) {
+    if (transaction_.empty()) transaction_ = std::string(guard.text(0, column));
   }
 
   // The instance holding (process, key), if one does (sends what waits).
@@ -412,7 +448,9 @@ class BatchWriter {
     }
     Params p;
     addHeader(p, header);
-    header.id = send(prepared(kInsertInstance, std::move(p))).int64(0, 0);
+    const PgResult inserted = send(prepared(kInsertInstance, std::move(p)));
+    header.id = inserted.int64(0, 0);
+    noteTransaction(inserted, 1);
     header.version = 1;
     if (!set.startKey) return std::nullopt;
     Params k;
@@ -447,15 +485,21 @@ class BatchWriter {
       pending_.push_back(prepared(kUpsertField, std::move(p)));
     }
     for (const StepRunRecord& run : set.stepRuns) queueStepRun(id, run);
-    for (const HistoryEvent& event : set.history) {
+    // The entries in statements of up to four, in order.
+    constexpr std::size_t kMost = std::size(kInsertHistories);
+    for (std::size_t first = 0; first < set.history.size(); first += kMost) {
+      const std::size_t n = std::min(kMost, set.history.size() - first);
       Params p;
       p.add(id);
-      addTime(p, event.at);
-      p.add(std::string(historyKindName(event.kind)));
-      p.add(event.run);
-      addText(p, event.step);
-      addText(p, event.detail);
-      pending_.push_back(prepared(kInsertHistory, std::move(p)));
+      for (std::size_t i = first; i < first + n; ++i) {
+        const HistoryEvent& event = set.history[i];
+        addTime(p, event.at);
+        p.add(std::string(historyKindName(event.kind)));
+        p.add(event.run);
+        addText(p, event.step);
+        addText(p, event.detail);
+      }
+      pending_.push_back(prepared(*kInsertHistories[n - 1], std::move(p)));
     }
   }
 
@@ -479,13 +523,9 @@ class BatchWriter {
     } else {
       addText(p, r.correlationKey);
     }
-    pending_.push_back(prepared(kUpsertStepRun, std::move(p)));
     // The run's completion rows become the record's completion (a replaced
-    // run may drop one).
-    Params key;
-    key.add(instance);
-    key.add(r.run);
-    pending_.push_back(prepared(kDeleteCompletion, std::move(key)));
+    // run may drop one): upsert_step_run deletes them, the record's follow.
+    pending_.push_back(prepared(kUpsertStepRun, std::move(p)));
     for (const auto& [name, value] : r.completion) {
       Params f;
       f.add(instance);
@@ -497,9 +537,9 @@ class BatchWriter {
   }
 
   Connection& c_;
+  const bool explicit_;  // BEGIN ... COMMIT, not an implicit transaction
   std::vector<Call> pending_;
-  std::string transaction_;
-  int idAt_ = -1;  // where txid_current()'s result is among the next flush's
+  std::string transaction_;  // txid_current(), once a guard returned it
   bool sentAny_ = false;
 };
 
@@ -739,27 +779,39 @@ class PostgresStore::Impl {
     return mapExceptions(kApply, [&]() -> Result<std::vector<ApplyResult>> {
       for (int attempt = 0;; ++attempt) {
         Pool::Lent c = pool_.take();
-        BatchWriter writer(*c);
+        const bool startKeys = std::any_of(batch.begin(), batch.end(), [](const ChangeSet& set) {
+          return set.instance.id == 0 && set.startKey.has_value();
+        });
+        std::optional<BatchWriter> writer;
         try {
+          writer.emplace(*c, startKeys);
           std::vector<ApplyResult> results;
           bool wrote = false;
+          bool announce = false;
           for (ChangeSet& set : batch) {
-            results.push_back(writer.apply(set));
-            if (results.back().status == ApplyStatus::Applied) wrote = true;
+            results.push_back(writer->apply(set));
+            if (results.back().status != ApplyStatus::Applied) continue;
+            wrote = true;
+            announce = announce || concernsOtherHosts(set);
           }
           try {
-            writer.commit(wrote ? notify_ : std::string());
+            writer->commit(announce ? notify_ : std::string());
           } catch (const PgError& e) {
-            if (!e.connectionLost() || !committed(writer.transaction())) throw;
+            // Nothing written: the results hold whether COMMIT arrived or not.
+            if (!e.connectionLost() || (wrote && !committed(writer->transaction()))) throw;
           }
           if (wrote) commits_.fetch_add(1, std::memory_order_release);
           return results;
         } catch (const PgError& e) {
+          const bool sent = writer && writer->sentAny();
+          if (writer) writer->abandon();
           rollbackQuietly(*c);
-          // Lost while idle in the pool: nothing was sent; once more, anew.
-          const bool again = e.connectionLost() && !writer.sentAny() && c.reused() && attempt == 0;
+          // Lost in the first round trip (while idle in the pool, or killed
+          // before answering): nothing was committed; once more, anew.
+          const bool again = e.connectionLost() && !sent && c.reused() && attempt == 0;
           if (!again) throw;
         } catch (...) {
+          if (writer) writer->abandon();
           rollbackQuietly(*c);
           throw;
         }

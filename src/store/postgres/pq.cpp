@@ -142,21 +142,12 @@ void Connection::prepare(const std::string& name, const std::string& sql) {
   check(PQprepare(conn_, name.c_str(), sql.c_str(), 0, nullptr), "prepare");
 }
 
-std::vector<PgResult> Connection::pipeline(std::vector<Call>& calls) {
-  sent.fetch_add(1, std::memory_order_relaxed);
-  const auto lost = [&](const char* what) {
-    return PgError(fmt::format("pipeline: {}: {}", what, trimmed(PQerrorMessage(conn_))), "",
-                   PQstatus(conn_) != CONNECTION_OK);
-  };
-  if (PQenterPipelineMode(conn_) != 1) throw lost("cannot enter pipeline mode");
-  // Leaves pipeline mode however this ends; a connection that cannot is broken
-  // (the pool drops a connection that is not idle).
-  struct Exit {
-    PGconn* conn;
-    ~Exit() {
-      if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF) PQexitPipelineMode(conn);
-    }
-  } exit{conn_};
+PgError Connection::lost(const char* what) const {
+  return PgError(fmt::format("pipeline: {}: {}", what, trimmed(PQerrorMessage(conn_))), "",
+                 PQstatus(conn_) != CONNECTION_OK);
+}
+
+void Connection::send(std::vector<Call>& calls) {
   for (Call& call : calls) {
     const char* const* values = call.params.values();
     const int sentOk = call.sql
@@ -166,8 +157,9 @@ std::vector<PgResult> Connection::pipeline(std::vector<Call>& calls) {
                                                  values, call.params.lengths(), nullptr, 0);
     if (sentOk != 1) throw lost("cannot send");
   }
-  if (PQpipelineSync(conn_) != 1) throw lost("cannot sync");
+}
 
+std::vector<PgResult> Connection::receive(const std::vector<Call>& calls) {
   std::vector<PgResult> results;
   results.reserve(calls.size());
   std::optional<PgError> first;
@@ -184,14 +176,20 @@ std::vector<PgResult> Connection::pipeline(std::vector<Call>& calls) {
       const char* field = PQresultErrorField(result, PG_DIAG_SQLSTATE);
       std::string state = field != nullptr ? field : "";  // copied: it lives in `result`
       std::string message = trimmed(PQresultErrorMessage(result));
+      // A FATAL error ends the session: the server closes the connection after
+      // it, though libpq may not have seen the close yet.
+      const char* severity = PQresultErrorField(result, PG_DIAG_SEVERITY_NONLOCALIZED);
+      const bool fatal = severity != nullptr && (std::string_view(severity) == "FATAL" ||
+                                                 std::string_view(severity) == "PANIC");
       PQclear(result);
+      const bool gone = fatal || PQstatus(conn_) != CONNECTION_OK;
       if (!first) {
         first.emplace(
             fmt::format("{}: {}", calls[i].sql ? "statement" : calls[i].statement, message),
-            std::move(state), PQstatus(conn_) != CONNECTION_OK);
+            std::move(state), gone);
       }
       results.emplace_back(nullptr);
-      if (PQstatus(conn_) != CONNECTION_OK) throw *first;
+      if (gone) throw *first;
     }
     // Each call's results end with a null.
     if (PGresult* extra = PQgetResult(conn_)) {
@@ -199,12 +197,93 @@ std::vector<PgResult> Connection::pipeline(std::vector<Call>& calls) {
       throw lost("the server sent more than one result for a call");
     }
   }
+  if (first) throw *first;
+  return results;
+}
+
+void Connection::receiveSync() {
+  PGresult* sync = PQgetResult(conn_);
+  const ExecStatusType status = sync != nullptr ? PQresultStatus(sync) : PGRES_FATAL_ERROR;
+  std::string message =
+      status == PGRES_PIPELINE_SYNC || sync == nullptr ? "" : trimmed(PQresultErrorMessage(sync));
+  PQclear(sync);
+  if (status != PGRES_PIPELINE_SYNC) {
+    // The implicit transaction's COMMIT failed at the Sync (or the connection).
+    if (message.empty()) throw lost("no end of the pipeline");
+    throw PgError(fmt::format("pipeline: commit: {}", message), "",
+                  PQstatus(conn_) != CONNECTION_OK);
+  }
+  if (PQexitPipelineMode(conn_) != 1) throw lost("cannot leave pipeline mode");
+}
+
+std::vector<PgResult> Connection::pipeline(std::vector<Call>& calls) {
+  sent.fetch_add(1, std::memory_order_relaxed);
+  if (PQenterPipelineMode(conn_) != 1) throw lost("cannot enter pipeline mode");
+  // Leaves pipeline mode however this ends; a connection that cannot is broken
+  // (the pool drops a connection that is not idle).
+  struct Exit {
+    PGconn* conn;
+    ~Exit() {
+      if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF) PQexitPipelineMode(conn);
+    }
+  } exit{conn_};
+  send(calls);
+  if (PQpipelineSync(conn_) != 1) throw lost("cannot sync");
+  std::optional<PgError> failed;
+  std::vector<PgResult> results;
+  try {
+    results = receive(calls);
+  } catch (const PgError& e) {
+    if (e.connectionLost()) throw;
+    failed.emplace(e);  // the Sync's result is still to be read
+  }
   PGresult* sync = PQgetResult(conn_);
   const bool synced = sync != nullptr && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
   PQclear(sync);
   if (!synced) throw lost("no end of the pipeline");
-  if (first) throw *first;
+  if (failed) throw *failed;
   return results;
+}
+
+void Connection::beginImplicit() {
+  if (PQenterPipelineMode(conn_) != 1) throw lost("cannot enter pipeline mode");
+  implicit_ = true;
+}
+
+std::vector<PgResult> Connection::exchange(std::vector<Call>& calls) {
+  sent.fetch_add(1, std::memory_order_relaxed);
+  try {
+    send(calls);
+    if (PQsendFlushRequest(conn_) != 1) throw lost("cannot flush");
+    return receive(calls);
+  } catch (...) {
+    abandonImplicit();
+    throw;
+  }
+}
+
+std::vector<PgResult> Connection::end(std::vector<Call>& calls) {
+  sent.fetch_add(1, std::memory_order_relaxed);
+  try {
+    send(calls);
+    if (PQpipelineSync(conn_) != 1) throw lost("cannot sync");
+    std::vector<PgResult> results = receive(calls);
+    receiveSync();
+    implicit_ = false;
+    return results;
+  } catch (...) {
+    abandonImplicit();
+    throw;
+  }
+}
+
+void Connection::abandonImplicit() noexcept {
+  if (!implicit_) return;
+  implicit_ = false;
+  // Closing is the one way to end the transaction without a Sync, which would
+  // commit what was written so far.
+  PQfinish(conn_);
+  conn_ = nullptr;
 }
 
 std::size_t Connection::takeNotifications(std::string_view ignore) {

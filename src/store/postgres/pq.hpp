@@ -115,6 +115,21 @@ class Connection {
   // transaction is then in a failed state, to be rolled back).
   std::vector<PgResult> pipeline(std::vector<Call>& calls);
 
+  // One implicit transaction in pipeline mode, over several round trips. In the
+  // extended query protocol every statement up to a Sync is one transaction,
+  // committed at the Sync unless a statement failed; so a batch needs no BEGIN
+  // and no COMMIT. exchange() sends calls with a flush request (no Sync) and
+  // reads their results; end() sends the last calls and the Sync, and reads
+  // them and the commit's outcome. Throws PgError as pipeline() does. Once a
+  // call failed, or when the transaction is abandoned before end(), the
+  // connection is closed (ok() is then false), so that nothing of it commits.
+  // No other call on the connection in between.
+  void beginImplicit();
+  std::vector<PgResult> exchange(std::vector<Call>& calls);
+  std::vector<PgResult> end(std::vector<Call>& calls);
+  // Closes the connection if an implicit transaction is open (see above).
+  void abandonImplicit() noexcept;
+
   // Whether the connection still works (libpq's CONNECTION_OK).
   bool ok() const noexcept { return PQstatus(conn_) == CONNECTION_OK; }
   // Whether no transaction is open (or one failed and must be rolled back: false).
@@ -130,8 +145,17 @@ class Connection {
  private:
   // Throws PgError for a result that is not `expected` (freeing it).
   PgResult check(PGresult* result, const char* what);
+  // Sends every call in pipeline mode (entered already); throws PgError.
+  void send(std::vector<Call>& calls);
+  // Reads the results of `calls`, as pipeline() describes.
+  std::vector<PgResult> receive(const std::vector<Call>& calls);
+  // Reads the Sync's result, then leaves pipeline mode; throws PgError.
+  void receiveSync();
+  // A PgError about the connection, with libpq's message.
+  PgError lost(const char* what) const;
 
   PGconn* conn_;
+  bool implicit_ = false;  // an implicit transaction is open (beginImplicit)
 };
 
 }  // namespace asyncflow::detail::pg

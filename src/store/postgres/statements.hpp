@@ -110,21 +110,25 @@ inline constexpr Statement kInsertInstance{
     "insert_instance",
     "INSERT INTO instances (process, process_version, status, current_run, last_run, error, "
     "created_at, updated_at, lease_owner, lease_expiry, version) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1) RETURNING id"};
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1) RETURNING id, txid_current()"};
 
 inline constexpr Statement kUpdateInstance{
     "update_instance",
     "UPDATE instances SET process = $1, process_version = $2, status = $3, current_run = $4, "
     "last_run = $5, error = $6, created_at = $7, updated_at = $8, lease_owner = $9, "
-    "lease_expiry = $10, version = $11 WHERE id = $12 AND version = $13"};
+    "lease_expiry = $10, version = $11 WHERE id = $12 AND version = $13 "
+    "RETURNING txid_current()"};
 
 inline constexpr Statement kUpsertField{
     "upsert_field",
     "INSERT INTO fields (instance_id, name, type, value) VALUES ($1, $2, $3, $4) "
     "ON CONFLICT (instance_id, name) DO UPDATE SET type = excluded.type, value = excluded.value"};
 
+// Writes the run and drops its completion rows (the record's completion, if
+// any, follows as insert_completion rows): one statement for both.
 inline constexpr Statement kUpsertStepRun{
     "upsert_step_run",
+    "WITH gone AS (DELETE FROM completion_fields WHERE instance_id = $1 AND run = $2) "
     "INSERT INTO step_runs (" ASYNCFLOW_PG_RUN_COLUMNS("") ") "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
     "ON CONFLICT (instance_id, run) DO UPDATE SET step = excluded.step, kind = excluded.kind, "
@@ -134,9 +138,6 @@ inline constexpr Statement kUpsertStepRun{
     "finished_at = excluded.finished_at, deadline = excluded.deadline, "
     "correlation_key = excluded.correlation_key"};
 
-inline constexpr Statement kDeleteCompletion{
-    "delete_completion", "DELETE FROM completion_fields WHERE instance_id = $1 AND run = $2"};
-
 inline constexpr Statement kInsertCompletion{
     "insert_completion",
     "INSERT INTO completion_fields (instance_id, run, name, type, value) "
@@ -144,11 +145,30 @@ inline constexpr Statement kInsertCompletion{
 
 // seq continues the instance's numbering: the instance's row is locked by this
 // transaction's write of its header, so no other writer numbers alongside.
-inline constexpr Statement kInsertHistory{
-    "insert_history",
-    "INSERT INTO history (instance_id, seq, at, kind, run, step, detail) "
-    "VALUES ($1, (SELECT coalesce(max(seq), 0) + 1 FROM history WHERE instance_id = $1), "
-    "$2, $3, $4, $5, $6)"};
+// insert_history_N writes N entries in one statement: $1 the instance, then
+// five parameters per entry (at, kind, run, step, detail), numbered on from 1.
+#define ASYNCFLOW_PG_HISTORY_INSERT                                                       \
+  "INSERT INTO history (instance_id, seq, at, kind, run, step, detail) "                  \
+  "SELECT $1::bigint, b.seq + v.k, v.at, v.kind, v.run, v.step, v.detail "                \
+  "FROM (SELECT coalesce(max(seq), 0) AS seq FROM history WHERE instance_id = $1) AS b, " \
+  "(VALUES (1, $2::bigint, $3::text, $4::bigint, $5::text, $6::text)"
+#define ASYNCFLOW_PG_HISTORY_COLUMNS ") AS v (k, at, kind, run, step, detail)"
+
+inline constexpr Statement kInsertHistory{"insert_history",
+                                          ASYNCFLOW_PG_HISTORY_INSERT ASYNCFLOW_PG_HISTORY_COLUMNS};
+inline constexpr Statement kInsertHistory2{
+    "insert_history_2",
+    ASYNCFLOW_PG_HISTORY_INSERT ", (2, $7, $8, $9, $10, $11)" ASYNCFLOW_PG_HISTORY_COLUMNS};
+inline constexpr Statement kInsertHistory3{
+    "insert_history_3", ASYNCFLOW_PG_HISTORY_INSERT
+    ", (2, $7, $8, $9, $10, $11), (3, $12, $13, $14, $15, $16)" ASYNCFLOW_PG_HISTORY_COLUMNS};
+inline constexpr Statement kInsertHistory4{
+    "insert_history_4", ASYNCFLOW_PG_HISTORY_INSERT
+    ", (2, $7, $8, $9, $10, $11), (3, $12, $13, $14, $15, $16), "
+    "(4, $17, $18, $19, $20, $21)" ASYNCFLOW_PG_HISTORY_COLUMNS};
+// The statement that writes `n` (1 to 4) entries at once.
+inline constexpr const Statement* kInsertHistories[] = {&kInsertHistory, &kInsertHistory2,
+                                                        &kInsertHistory3, &kInsertHistory4};
 
 inline constexpr Statement kStartKeyHolder{
     "start_key_holder",
@@ -178,32 +198,13 @@ inline constexpr Statement kInsertProcessStep{
 inline constexpr Statement kTransactionStatus{"transaction_status", "SELECT txid_status($1)"};
 
 inline constexpr Statement kAll[] = {
-    kLoadInstance,
-    kLoadStepRun,
-    kListWaiting,
-    kListRunning,
-    kLoadHistory,
-    kNextDeadline,
-    kListDue,
-    kFindByKey,
-    kFindStartKey,
-    kNextLeaseExpiry,
-    kExpiredLeases,
-    kDeclaration,
-    kDeclaredSteps,
-    kInsertInstance,
-    kUpdateInstance,
-    kUpsertField,
-    kUpsertStepRun,
-    kDeleteCompletion,
-    kInsertCompletion,
-    kInsertHistory,
-    kStartKeyHolder,
-    kInsertStartKey,
-    kInsertProcessVersion,
-    kInsertProcessField,
-    kInsertProcessStep,
-    kTransactionStatus,
+    kLoadInstance,         kLoadStepRun,        kListWaiting,       kListRunning,
+    kLoadHistory,          kNextDeadline,       kListDue,           kFindByKey,
+    kFindStartKey,         kNextLeaseExpiry,    kExpiredLeases,     kDeclaration,
+    kDeclaredSteps,        kInsertInstance,     kUpdateInstance,    kUpsertField,
+    kUpsertStepRun,        kInsertCompletion,   kInsertHistory,     kInsertHistory2,
+    kInsertHistory3,       kInsertHistory4,     kStartKeyHolder,    kInsertStartKey,
+    kInsertProcessVersion, kInsertProcessField, kInsertProcessStep, kTransactionStatus,
 };
 
 #undef ASYNCFLOW_PG_RUN_COLUMNS
