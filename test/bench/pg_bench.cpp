@@ -30,12 +30,17 @@
 // process, released together; the figure is N / the time until the last
 // finished. Raw: H x 2 connections in one process doing B1's raw transaction.
 //
+// CPU (B1 and hosts): the engine processes' own CPU (getrusage) and the rest of
+// the machine's busy time over the timed part (/proc/stat; the server's, as
+// nothing else runs), per completion, and how busy the cores were.
+//
 // Resume: a host process that defines "Resume" (timer thread on, 2 workers)
 // and this process, a second host that does not, on one schema. One at a time,
 // this host completes a waiting step with the wall clock in a field; the other
 // host, woken by NOTIFY, runs the next step, whose handler reports the wall
 // clock minus that field. Raw: a transaction that UPDATEs, INSERTs and NOTIFYs,
 // to a LISTENing connection in another thread, timed until poll() sees it.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -52,6 +57,7 @@
 #include <vector>
 
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -118,7 +124,55 @@ struct Sample {
   double perSecond = 0;
   double commitsPerCompletion = 0;
   double roundTripsPerCompletion = 0;
+  // Where the CPU went, in µs per completion: the engine's processes (this
+  // one, or the host processes), and the rest of the machine's busy time,
+  // which is the server's (nothing else runs); and how busy the cores were.
+  double clientMicros = 0;
+  double serverMicros = 0;
+  double busyPercent = 0;
 };
+
+// CPU seconds this process has used (user + system), from getrusage().
+double ownCpuSeconds() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+// The machine's busy and total CPU time from /proc/stat, in seconds.
+struct MachineCpu {
+  double busy = 0;
+  double total = 0;
+};
+
+MachineCpu machineCpu() {
+  std::FILE* stat = std::fopen("/proc/stat", "r");
+  if (stat == nullptr) return {};
+  unsigned long long v[8] = {};
+  const int read = std::fscanf(stat, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+                               &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
+  std::fclose(stat);
+  if (read != 8) return {};
+  const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  const double idle = static_cast<double>(v[3] + v[4]);
+  double total = 0;
+  for (unsigned long long x : v) total += static_cast<double>(x);
+  return MachineCpu{(total - idle) / tick, total / tick};
+}
+
+// Fills in `sample`'s CPU figures for `n` completions, from the machine's CPU
+// over the run and the engine processes' own CPU in it.
+void accountCpu(Sample& sample, const MachineCpu& before, const MachineCpu& after,
+                double clientSeconds, double n) {
+  const double busy = after.busy - before.busy;
+  const double total = after.total - before.total;
+  sample.clientMicros = clientSeconds / n * 1e6;
+  sample.serverMicros = std::max(0.0, busy - clientSeconds) / n * 1e6;
+  sample.busyPercent = total > 0 ? 100 * busy / total : 0;
+}
 
 const char* kSchema = "asyncflow_bench_b1";
 
@@ -196,20 +250,25 @@ Sample engineRun(const Config& config, unsigned threads) {
   const std::vector<std::string> serials = waitingSerials(engine);
   const std::uint64_t applies = store->applies();
   const std::uint64_t trips = detail::pg::roundTrips();
+  const MachineCpu machineBefore = machineCpu();
+  const double ownBefore = ownCpuSeconds();
   const double seconds = timeOnThreads(threads, [&](unsigned thread) {
     const Share share = shareOf(serials.size(), threads, thread);
     for (std::size_t i = share.begin; i < share.end; ++i) {
       orThrow(engine.completeServerEvent(serials[i]), "completeServerEvent");
     }
   });
+  const double own = ownCpuSeconds() - ownBefore;
+  const MachineCpu machineAfter = machineCpu();
   const double n = static_cast<double>(serials.size());
   Sample sample{n / seconds, static_cast<double>(store->applies() - applies) / n,
                 static_cast<double>(detail::pg::roundTrips() - trips) / n};
+  accountCpu(sample, machineBefore, machineAfter, own, n);
   expectNoneWaiting(engine);
   return sample;
 }
 
-double rawRun(const Config& config, unsigned threads) {
+Sample rawRun(const Config& config, unsigned threads) {
   prepareRawTable(config, config.instances);
   std::vector<std::unique_ptr<Raw>> connections;
   for (unsigned i = 0; i < threads; ++i) {
@@ -217,12 +276,19 @@ double rawRun(const Config& config, unsigned threads) {
     prepareRawStatements(*c);
     connections.push_back(std::move(c));
   }
+  const MachineCpu machineBefore = machineCpu();
+  const double ownBefore = ownCpuSeconds();
   const double seconds = timeOnThreads(threads, [&](unsigned thread) {
     Raw& c = *connections[thread];
     const Share share = shareOf(config.instances, threads, thread);
     for (std::size_t i = share.begin; i < share.end; ++i) rawCompletion(c, i + 1);
   });
-  return static_cast<double>(config.instances) / seconds;
+  const double own = ownCpuSeconds() - ownBefore;
+  const MachineCpu machineAfter = machineCpu();
+  const double n = static_cast<double>(config.instances);
+  Sample sample{n / seconds, 1, 4};
+  accountCpu(sample, machineBefore, machineAfter, own, n);
+  return sample;
 }
 
 // --- B2 -----------------------------------------------------------------------------------
@@ -417,14 +483,15 @@ int hostMain(const Config& config) {
   if (readLine(stdin) != "go") return 1;
   const std::uint64_t applies = store->applies();
   const std::uint64_t trips = detail::pg::roundTrips();
+  const double cpu = ownCpuSeconds();
   timeOnThreads(kHostThreads, [&](unsigned thread) {
     const Share share = shareOf(serials.size(), kHostThreads, thread);
     for (std::size_t i = share.begin; i < share.end; ++i) {
       orThrow(engine.completeServerEvent(serials[i]), "completeServerEvent");
     }
   });
-  writeLine(stdout, fmt::format("done {} {}", store->applies() - applies,
-                                detail::pg::roundTrips() - trips));
+  writeLine(stdout, fmt::format("done {} {} {:.6f}", store->applies() - applies,
+                                detail::pg::roundTrips() - trips, ownCpuSeconds() - cpu));
   return 0;
 }
 
@@ -452,20 +519,25 @@ Sample hostsRun(const Config& config, unsigned hosts) {
   for (HostProcess& child : children) {
     if (readLine(child.out) != "ready") throw std::runtime_error("a host is not ready");
   }
+  const MachineCpu machineBefore = machineCpu();
   const SteadyClock::time_point began = SteadyClock::now();
   for (HostProcess& child : children) writeLine(child.in, "go");
   double applies = 0;
   double trips = 0;
+  double hostsCpu = 0;
   for (HostProcess& child : children) {
     unsigned long long a = 0;
     unsigned long long t = 0;
-    if (std::sscanf(readLine(child.out).c_str(), "done %llu %llu", &a, &t) != 2) {
+    double cpu = 0;
+    if (std::sscanf(readLine(child.out).c_str(), "done %llu %llu %lf", &a, &t, &cpu) != 3) {
       throw std::runtime_error("a host did not finish");
     }
     applies += static_cast<double>(a);
     trips += static_cast<double>(t);
+    hostsCpu += cpu;
   }
   const double seconds = secondsSince(began);
+  const MachineCpu machineAfter = machineCpu();
   for (HostProcess& child : children) awaitHost(child);
   {
     auto store = openStore(config, kHostsSchema, 1);
@@ -473,7 +545,9 @@ Sample hostsRun(const Config& config, unsigned hosts) {
     expectNoneWaiting(engine);
   }
   const double n = static_cast<double>(serials.size());
-  return Sample{n / seconds, applies / n, trips / n};
+  Sample sample{n / seconds, applies / n, trips / n};
+  accountCpu(sample, machineBefore, machineAfter, hostsCpu, n);
+  return sample;
 }
 
 // --- resume by another host ---------------------------------------------------------------
@@ -590,19 +664,34 @@ bool wanted(const Config& config, const char* part) {
   return config.only.empty() || config.only == part;
 }
 
+// Medians of the CPU figures of `samples`, as a table's last three cells.
+std::string cpuCells(const std::vector<Sample>& samples) {
+  std::vector<double> client, server, busy;
+  for (const Sample& sample : samples) {
+    client.push_back(sample.clientMicros);
+    server.push_back(sample.serverMicros);
+    busy.push_back(sample.busyPercent);
+  }
+  return fmt::format("{:.0f} | {:.0f} | {:.0f}%", median(client), median(server), median(busy));
+}
+
 void runB1(const Config& config) {
   std::cout
       << "| figure | engine | raw libpq | ratio | commits/completion | round trips/completion "
-         "(engine; raw 4) |\n|---|--:|--:|--:|--:|--:|\n";
+         "(engine; raw 4) | engine CPU µs/completion | server CPU µs/completion | cores busy "
+         "|\n|---|--:|--:|--:|--:|--:|--:|--:|--:|\n";
   double rawOneThread = 0;
   for (unsigned threads : {1u, 8u}) {
     std::vector<double> engine, raw, commits, trips;
+    std::vector<Sample> samples, rawSamples;
     for (int r = 0; r < config.runs; ++r) {
       const Sample sample = engineRun(config, threads);
+      samples.push_back(sample);
       engine.push_back(sample.perSecond);
       commits.push_back(sample.commitsPerCompletion);
       trips.push_back(sample.roundTripsPerCompletion);
-      raw.push_back(rawRun(config, threads));
+      rawSamples.push_back(rawRun(config, threads));
+      raw.push_back(rawSamples.back().perSecond);
       std::cerr << fmt::format("  B1 {} thread(s), run {}: engine {:.0f}/s, raw {:.0f}/s\n",
                                threads, r + 1, engine.back(), raw.back());
     }
@@ -610,8 +699,10 @@ void runB1(const Config& config) {
     const double w = median(raw);
     if (threads == 1) rawOneThread = w;
     std::cout << fmt::format(
-        "| B1 completions/s, {} thread{} | {:.0f} | {:.0f} | {:.2f}x | {:.2f} | {:.2f} |\n",
-        threads, threads == 1 ? "" : "s", e, w, e / w, median(commits), median(trips));
+        "| B1 completions/s, {} thread{} | {:.0f} | {:.0f} | {:.2f}x | {:.2f} | {:.2f} | {} |\n"
+        "| raw libpq, the same | | | | 1.00 | 4.00 | {} |\n",
+        threads, threads == 1 ? "" : "s", e, w, e / w, median(commits), median(trips),
+        cpuCells(samples), cpuCells(rawSamples));
     if (threads == 8) {
       std::cout << fmt::format("\nB1 8 threads against raw's 1-thread rate: {:.2f}x\n\n",
                                e / rawOneThread);
@@ -674,18 +765,21 @@ void runB3(const Config& config) {
 void runHosts(const Config& config) {
   std::cout << fmt::format(
       "| figure | engine | raw libpq (hosts x {} connections, one process) | ratio | "
-      "commits/completion | round trips/completion | engine against 1 host |\n"
-      "|---|--:|--:|--:|--:|--:|--:|\n",
+      "commits/completion | round trips/completion | engine against 1 host | hosts' CPU "
+      "µs/completion | server CPU µs/completion | cores busy |\n"
+      "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
       kHostThreads);
   double oneHost = 0;
   for (unsigned hosts : {1u, 2u, 4u}) {
     std::vector<double> engine, raw, commits, trips;
+    std::vector<Sample> samples;
     for (int r = 0; r < config.runs; ++r) {
       const Sample sample = hostsRun(config, hosts);
+      samples.push_back(sample);
       engine.push_back(sample.perSecond);
       commits.push_back(sample.commitsPerCompletion);
       trips.push_back(sample.roundTripsPerCompletion);
-      raw.push_back(rawRun(config, hosts * kHostThreads));
+      raw.push_back(rawRun(config, hosts * kHostThreads).perSecond);
       std::cerr << fmt::format("  {} host(s), run {}: engine {:.0f}/s, raw {:.0f}/s\n", hosts,
                                r + 1, engine.back(), raw.back());
     }
@@ -693,9 +787,9 @@ void runHosts(const Config& config) {
     if (hosts == 1) oneHost = e;
     std::cout << fmt::format(
         "| completions/s, {} host process{} x {} threads | {:.0f} | {:.0f} | {:.2f}x | {:.2f} | "
-        "{:.2f} | {:.2f}x |\n",
+        "{:.2f} | {:.2f}x | {} |\n",
         hosts, hosts == 1 ? "" : "es", kHostThreads, e, median(raw), e / median(raw),
-        median(commits), median(trips), e / oneHost);
+        median(commits), median(trips), e / oneHost, cpuCells(samples));
   }
   std::cout << "\n";
   dropSchema(config, kHostsSchema);
