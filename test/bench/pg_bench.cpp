@@ -90,6 +90,13 @@ class Raw {
     check(PQprepare(conn_, name, sql, 0, nullptr));
   }
   PGconn* connection() { return conn_; }
+  // The first column of the first row of `sql`, as a number.
+  long long count(const std::string& sql) {
+    PGresult* r = PQexec(conn_, sql.c_str());
+    const long long value = PQntuples(r) > 0 ? std::atoll(PQgetvalue(r, 0, 0)) : 0;
+    check(r);
+    return value;
+  }
   // Runs a prepared statement with one text parameter; the rows it touched.
   long run(const char* name, const std::string& value) {
     const char* values[] = {value.c_str()};
@@ -112,6 +119,14 @@ class Raw {
   PGconn* conn_;
 };
 
+// The server's WAL syncs so far (pg_stat_wal, PostgreSQL 14+). A backend
+// reports its counts when its connection closes, so read it after a run's
+// connections are gone.
+double walSyncsSoFar(const std::string& conninfo) {
+  Raw c(conninfo);
+  return static_cast<double>(c.count("SELECT wal_sync FROM pg_stat_wal"));
+}
+
 struct Config {
   std::string conninfo;
   std::size_t instances = 2000;
@@ -130,6 +145,9 @@ struct Sample {
   double clientMicros = 0;
   double serverMicros = 0;
   double busyPercent = 0;
+  // The server's WAL syncs (fdatasync) per completion, from pg_stat_wal: below
+  // 1 when it flushes several transactions' commits at once (group commit).
+  double walSyncs = 0;
 };
 
 // CPU seconds this process has used (user + system), from getrusage().
@@ -232,7 +250,21 @@ std::int64_t wallMicros() {
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
+Sample engineRun(const Config& config, unsigned threads);
+
+// engineRun() with the WAL syncs of its completions (the store closes its
+// connections first, so that their counts are reported).
+Sample engineRunWithSyncs(const Config& config, unsigned threads, double& syncsBefore);
+
 Sample engineRun(const Config& config, unsigned threads) {
+  double syncsBefore = 0;
+  Sample sample = engineRunWithSyncs(config, threads, syncsBefore);
+  sample.walSyncs =
+      (walSyncsSoFar(config.conninfo) - syncsBefore) / static_cast<double>(config.instances);
+  return sample;
+}
+
+Sample engineRunWithSyncs(const Config& config, unsigned threads, double& syncsBefore) {
   {
     Raw setup(config.conninfo);
     setup.exec(fmt::format("DROP SCHEMA IF EXISTS {} CASCADE", kSchema));
@@ -250,6 +282,7 @@ Sample engineRun(const Config& config, unsigned threads) {
   const std::vector<std::string> serials = waitingSerials(engine);
   const std::uint64_t applies = store->applies();
   const std::uint64_t trips = detail::pg::roundTrips();
+  syncsBefore = walSyncsSoFar(config.conninfo);
   const MachineCpu machineBefore = machineCpu();
   const double ownBefore = ownCpuSeconds();
   const double seconds = timeOnThreads(threads, [&](unsigned thread) {
@@ -270,6 +303,7 @@ Sample engineRun(const Config& config, unsigned threads) {
 
 Sample rawRun(const Config& config, unsigned threads) {
   prepareRawTable(config, config.instances);
+  const double syncsBefore = walSyncsSoFar(config.conninfo);
   std::vector<std::unique_ptr<Raw>> connections;
   for (unsigned i = 0; i < threads; ++i) {
     auto c = std::make_unique<Raw>(config.conninfo);
@@ -288,6 +322,8 @@ Sample rawRun(const Config& config, unsigned threads) {
   const double n = static_cast<double>(config.instances);
   Sample sample{n / seconds, 1, 4};
   accountCpu(sample, machineBefore, machineAfter, own, n);
+  connections.clear();
+  sample.walSyncs = (walSyncsSoFar(config.conninfo) - syncsBefore) / n;
   return sample;
 }
 
@@ -519,6 +555,7 @@ Sample hostsRun(const Config& config, unsigned hosts) {
   for (HostProcess& child : children) {
     if (readLine(child.out) != "ready") throw std::runtime_error("a host is not ready");
   }
+  const double syncsBefore = walSyncsSoFar(config.conninfo);
   const MachineCpu machineBefore = machineCpu();
   const SteadyClock::time_point began = SteadyClock::now();
   for (HostProcess& child : children) writeLine(child.in, "go");
@@ -539,6 +576,7 @@ Sample hostsRun(const Config& config, unsigned hosts) {
   const double seconds = secondsSince(began);
   const MachineCpu machineAfter = machineCpu();
   for (HostProcess& child : children) awaitHost(child);
+  const double walSyncsAfterHosts = walSyncsSoFar(config.conninfo);
   {
     auto store = openStore(config, kHostsSchema, 1);
     Engine engine(store, engineOptions(0));
@@ -547,6 +585,7 @@ Sample hostsRun(const Config& config, unsigned hosts) {
   const double n = static_cast<double>(serials.size());
   Sample sample{n / seconds, applies / n, trips / n};
   accountCpu(sample, machineBefore, machineAfter, hostsCpu, n);
+  sample.walSyncs = (walSyncsAfterHosts - syncsBefore) / n;
   return sample;
 }
 
@@ -666,13 +705,15 @@ bool wanted(const Config& config, const char* part) {
 
 // Medians of the CPU figures of `samples`, as a table's last three cells.
 std::string cpuCells(const std::vector<Sample>& samples) {
-  std::vector<double> client, server, busy;
+  std::vector<double> client, server, busy, syncs;
   for (const Sample& sample : samples) {
     client.push_back(sample.clientMicros);
     server.push_back(sample.serverMicros);
     busy.push_back(sample.busyPercent);
+    syncs.push_back(sample.walSyncs);
   }
-  return fmt::format("{:.0f} | {:.0f} | {:.0f}%", median(client), median(server), median(busy));
+  return fmt::format("{:.0f} | {:.0f} | {:.0f}% | {:.2f}", median(client), median(server),
+                     median(busy), median(syncs));
 }
 
 void runB1(const Config& config) {
@@ -766,8 +807,8 @@ void runHosts(const Config& config) {
   std::cout << fmt::format(
       "| figure | engine | raw libpq (hosts x {} connections, one process) | ratio | "
       "commits/completion | round trips/completion | engine against 1 host | hosts' CPU "
-      "µs/completion | server CPU µs/completion | cores busy |\n"
-      "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+      "µs/completion | server CPU µs/completion | cores busy | WAL syncs/completion |\n"
+      "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
       kHostThreads);
   double oneHost = 0;
   for (unsigned hosts : {1u, 2u, 4u}) {
