@@ -720,7 +720,7 @@ void runB1(const Config& config) {
   std::cout
       << "| figure | engine | raw libpq | ratio | commits/completion | round trips/completion "
          "(engine; raw 4) | engine CPU µs/completion | server CPU µs/completion | cores busy "
-         "|\n|---|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+         "| WAL syncs/completion |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
   double rawOneThread = 0;
   for (unsigned threads : {1u, 8u}) {
     std::vector<double> engine, raw, commits, trips;
