@@ -24,33 +24,6 @@ namespace {
 
 constexpr std::size_t kPoolWorkers = 2;
 
-// Where the next step's handler reports the moment it started.
-class HandlerProbe {
- public:
-  void arrive() {
-    const SteadyClock::time_point now = SteadyClock::now();  // first: what the figure measures
-    {
-      std::lock_guard lock(mutex_);
-      at_ = now;
-      arrived_ = true;
-    }
-    signal_.notify_one();
-  }
-
-  SteadyClock::time_point awaitArrival() {
-    std::unique_lock lock(mutex_);
-    signal_.wait(lock, [this] { return arrived_; });
-    arrived_ = false;
-    return at_;
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable signal_;
-  SteadyClock::time_point at_;
-  bool arrived_ = false;
-};
-
 // p50 and p99 of one run, in microseconds.
 struct Latency {
   double p50 = 0;

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,33 @@
 namespace asyncflow::bench {
 
 using SteadyClock = std::chrono::steady_clock;
+
+// Where the next step's handler reports the moment it started.
+class HandlerProbe {
+ public:
+  void arrive() {
+    const SteadyClock::time_point now = SteadyClock::now();  // first: what the figure measures
+    {
+      std::lock_guard lock(mutex_);
+      at_ = now;
+      arrived_ = true;
+    }
+    signal_.notify_one();
+  }
+
+  SteadyClock::time_point awaitArrival() {
+    std::unique_lock lock(mutex_);
+    signal_.wait(lock, [this] { return arrived_; });
+    arrived_ = false;
+    return at_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable signal_;
+  SteadyClock::time_point at_;
+  bool arrived_ = false;
+};
 
 // Seconds from `start` to now.
 double secondsSince(SteadyClock::time_point start);

@@ -329,33 +329,6 @@ Sample rawRun(const Config& config, unsigned threads) {
 
 // --- B2 -----------------------------------------------------------------------------------
 
-// Where the next step's handler reports the moment it started.
-class HandlerProbe {
- public:
-  void arrive() {
-    const SteadyClock::time_point now = SteadyClock::now();  // first: what the figure measures
-    {
-      std::lock_guard lock(mutex_);
-      at_ = now;
-      arrived_ = true;
-    }
-    signal_.notify_one();
-  }
-
-  SteadyClock::time_point awaitArrival() {
-    std::unique_lock lock(mutex_);
-    signal_.wait(lock, [this] { return arrived_; });
-    arrived_ = false;
-    return at_;
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable signal_;
-  SteadyClock::time_point at_;
-  bool arrived_ = false;
-};
-
 Latency engineLatency(const Config& config, std::size_t workers) {
   dropSchema(config, kSchema);
   HandlerProbe probe;  // outlives the engine, whose handler calls it
@@ -436,6 +409,21 @@ double rawCycleBound(const Config& config, double commitsPerCycle) {
   const double commitsPerSecond = static_cast<double>(commits) / secondsSince(began);
   c.exec("DROP TABLE asyncflow_bench_rows");
   return commitsPerSecond / commitsPerCycle;
+}
+
+// Starts `count` instances of `process` on a fresh `schema` (an engine of its
+// own, inline, no timer) and returns their serials once each waits.
+std::vector<std::string> startWaiting(const Config& config, const char* schema,
+                                      const Process& process, std::size_t count,
+                                      const Fields& fields = {}) {
+  dropSchema(config, schema);
+  auto store = openStore(config, schema, 2);
+  EngineOptions options = engineOptions(0);
+  options.timerThread = false;
+  Engine engine(store, options);
+  orThrow(engine.define(process), "define " + process.name());
+  for (std::size_t i = 0; i < count; ++i) orThrow(engine.start(process.name(), fields), "start");
+  return waitingSerials(engine);
 }
 
 // --- host processes -----------------------------------------------------------------------
@@ -532,19 +520,8 @@ int hostMain(const Config& config) {
 }
 
 Sample hostsRun(const Config& config, unsigned hosts) {
-  dropSchema(config, kHostsSchema);
-  std::vector<std::string> serials;
-  {
-    auto store = openStore(config, kHostsSchema, 2);
-    EngineOptions options = engineOptions(0);
-    options.timerThread = false;
-    Engine engine(store, options);
-    orThrow(engine.define(waitProcess()), "define Order");
-    for (std::size_t i = 0; i < config.instances; ++i) {
-      orThrow(engine.start("Order", orderFields()), "start");
-    }
-    serials = waitingSerials(engine);
-  }
+  const std::vector<std::string> serials =
+      startWaiting(config, kHostsSchema, waitProcess(), config.instances, orderFields());
   std::vector<HostProcess> children;
   for (unsigned h = 0; h < hosts; ++h) {
     children.push_back(spawnHost({"host"}));
@@ -632,17 +609,8 @@ int resumeHostMain(const Config& config) {
 }
 
 Latency engineResume(const Config& config) {
-  dropSchema(config, kResumeSchema);
-  std::vector<std::string> serials;
-  {
-    auto store = openStore(config, kResumeSchema, 2);
-    EngineOptions options = engineOptions(0);
-    options.timerThread = false;
-    Engine engine(store, options);
-    orThrow(engine.define(resumeProcess({})), "define Resume");
-    for (std::size_t i = 0; i < config.samples; ++i) orThrow(engine.start("Resume"), "start");
-    serials = waitingSerials(engine);
-  }
+  const std::vector<std::string> serials =
+      startWaiting(config, kResumeSchema, resumeProcess({}), config.samples);
   HostProcess other = spawnHost({"resume-host", "--samples", std::to_string(config.samples)});
   if (readLine(other.out) != "ready") throw std::runtime_error("the resuming host is not ready");
   // This host does not define "Resume": a completion is recorded here and run there.
