@@ -79,6 +79,8 @@ class PostgresStore final : public Store {
 
   Result<InstanceSnapshot> loadInstance(InstanceId id) override;
   Result<StepRunRecord> loadStepRun(InstanceId instance, std::int64_t run) override;
+  // Both reads in one round trip.
+  Result<InstanceRun> loadInstanceRun(InstanceId instance, std::int64_t run) override;
   Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) override;
   Result<std::vector<WaitingRow>> listWaiting(const WaitingQuery& query) override;
   Result<std::vector<InstanceId>> listRunning(const RunningQuery& query) override;

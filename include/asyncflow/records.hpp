@@ -154,6 +154,12 @@ struct InstanceSnapshot {
   Fields fields;
 };
 
+// An instance and one of its step runs, read together (Store::loadInstanceRun).
+struct InstanceRun {
+  InstanceSnapshot snapshot;
+  StepRunRecord run;
+};
+
 // What an entry of an instance's history records.
 enum class HistoryKind {
   Started,             // the instance started (detail: the process version)

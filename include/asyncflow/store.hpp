@@ -137,6 +137,19 @@ class Store {
   [[nodiscard]] virtual Result<StepRunRecord> loadStepRun(InstanceId instance,
                                                           std::int64_t run) = 0;
 
+  // An instance with its fields, and one of its runs, read in that order (so
+  // the run is never older than the instance's version): what loadInstance
+  // then loadStepRun return, with their NotFound errors. A store may read both
+  // in one round trip; the default calls the two (so a StoreWrapper, which
+  // does not forward this call, still sees them).
+  [[nodiscard]] virtual Result<InstanceRun> loadInstanceRun(InstanceId instance, std::int64_t run) {
+    auto snapshot = loadInstance(instance);
+    if (!snapshot) return tl::unexpected(snapshot.error());
+    auto found = loadStepRun(instance, run);
+    if (!found) return tl::unexpected(found.error());
+    return InstanceRun{std::move(*snapshot), std::move(*found)};
+  }
+
   // Applies each change set atomically and in order, reporting each one's
   // status in the same order. A StoreError means no set of the batch was written.
   [[nodiscard]] virtual Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) = 0;
@@ -241,8 +254,9 @@ class Store {
 };
 
 // Forwards every call to another store, so a test can override one method (to
-// inject a fault, count calls, add a latch). Does not own the target unless given
-// ownership through the shared_ptr.
+// inject a fault, count calls, add a latch); all but loadInstanceRun, whose
+// default goes through this wrapper's loadInstance and loadStepRun. Does not own the target unless
+// given ownership through the shared_ptr.
 class StoreWrapper : public Store {
  public:
   explicit StoreWrapper(std::shared_ptr<Store> target) : target_(std::move(target)) {}

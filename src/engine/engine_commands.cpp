@@ -185,24 +185,24 @@ Result<Started> Engine::Impl::startOnce(std::string_view name, std::string_view 
 Result<Engine::Impl::OpenRun> Engine::Impl::openRun(const RunSelector& selector,
                                                     std::optional<ServerEvent::Kind> event) const {
   const std::string ids = detail::formatSerial(selector.key.instance, selector.key.run, {});
-  auto snapshot = store_->loadInstance(selector.key.instance);
-  if (!snapshot) {
-    if (snapshot.error().code != Errc::NotFound) return tl::unexpected(snapshot.error());
+  auto loaded = store_->loadInstanceRun(selector.key.instance, selector.key.run);
+  if (!loaded) {
+    if (loaded.error().code != Errc::NotFound) return tl::unexpected(loaded.error());
     return fail(Errc::NotFound, fmt::format("no step run {}", ids));
   }
-  auto run = store_->loadStepRun(selector.key.instance, selector.key.run);
-  if (!run) return tl::unexpected(run.error());
-  if (selector.secret && !detail::constantTimeEquals(run->secret, *selector.secret)) {
+  InstanceSnapshot& snapshot = loaded->snapshot;
+  StepRunRecord& run = loaded->run;
+  if (selector.secret && !detail::constantTimeEquals(run.secret, *selector.secret)) {
     return fail(Errc::InvalidSerial, fmt::format("wrong secret for step run {}", ids));
   }
-  if (selector.businessKey && run->correlationKey != *selector.businessKey) {
+  if (selector.businessKey && run.correlationKey != *selector.businessKey) {
     return fail(Errc::NotFound, fmt::format("step run {} no longer has that key", ids));
   }
-  if (auto admitted = Transitions::admit(*snapshot, *run, event); !admitted) {
+  if (auto admitted = Transitions::admit(snapshot, run, event); !admitted) {
     return tl::unexpected(admitted.error());
   }
-  ProcessPtr process = registry_.find(snapshot->record.process, snapshot->record.processVersion);
-  return OpenRun{std::move(*snapshot), std::move(*run), std::move(process)};
+  ProcessPtr process = registry_.find(snapshot.record.process, snapshot.record.processVersion);
+  return OpenRun{std::move(snapshot), std::move(run), std::move(process)};
 }
 
 Result<void> Engine::Impl::applyEventBySerial(std::string_view serial, ServerEvent event) {
@@ -408,15 +408,15 @@ Result<bool> Engine::Impl::fireTimer(const DueRun& timer, Timestamp now) {
   bool moveOn = false;
   auto fired =
       retryOnConflict(detail::Subject{timer.key.instance, timer.key.run}, [&]() -> Attempt<bool> {
-        auto snapshot = store_->loadInstance(timer.key.instance);
-        if (!snapshot) return tl::unexpected(snapshot.error());
-        auto run = store_->loadStepRun(timer.key.instance, timer.key.run);
-        if (!run) return tl::unexpected(run.error());
-        if (!Transitions::isDue(*run, now)) return std::optional<bool>(false);
+        auto loaded = store_->loadInstanceRun(timer.key.instance, timer.key.run);
+        if (!loaded) return tl::unexpected(loaded.error());
+        InstanceSnapshot& snapshot = loaded->snapshot;
+        StepRunRecord& run = loaded->run;
+        if (!Transitions::isDue(run, now)) return std::optional<bool>(false);
         ProcessPtr process =
-            registry_.find(snapshot->record.process, snapshot->record.processVersion);
-        if (!process) return notDefined(snapshot->record);
-        auto set = transitions_.timeOut(*process, *snapshot, std::move(*run), now);
+            registry_.find(snapshot.record.process, snapshot.record.processVersion);
+        if (!process) return notDefined(snapshot.record);
+        auto set = transitions_.timeOut(*process, snapshot, std::move(run), now);
         if (!set) return tl::unexpected(set.error());
         lease(*set);
         const bool running = set->instance.status == InstanceStatus::Running;

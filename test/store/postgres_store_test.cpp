@@ -24,6 +24,7 @@
 #include "postgres/pg_test_server.hpp"
 #include "store/postgres/codec.hpp"
 #include "store/postgres/pq.hpp"
+#include "store/postgres/round_trips.hpp"
 #include "support/catch.hpp"
 #include "support/test_support.hpp"
 
@@ -641,4 +642,43 @@ TEST_CASE(
   INFO((afterDrop ? std::string("ok") : afterDrop.error().toString()));
   CHECK(afterDrop.has_value());
   CHECK(store->changeMark().has_value());
+}
+
+TEST_CASE(
+    "loadInstanceRun reads the instance and the run in one round trip, and a connection dropped "
+    "while idle costs it no failed read") {
+  const std::string conninfo = conninfoOrSkip();
+  Schemas schemas(conninfo);
+  PostgresOptions options;
+  options.schema = schemas.fresh("instance_run");
+  options.poolSize = 1;  // one connection, so the drop below is the one the read uses
+  auto store = openOrFail(with(conninfo, "application_name=" + options.schema), options);
+  auto created = store->apply({creation()});
+  REQUIRE(created);
+  const InstanceId id = created->front().instance;
+  REQUIRE(store->loadInstanceRun(id, 1).has_value());  // the connection is open and prepared
+
+  const std::uint64_t before = detail::pg::roundTrips();
+  auto both = store->loadInstanceRun(id, 1);
+  CHECK(detail::pg::roundTrips() - before == 1);
+  REQUIRE(both);
+  CHECK(both->snapshot.record == load(*store, id).record);
+  CHECK(both->run.run == 1);
+
+  Session other(conninfo);
+  other.rows("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '" +
+             options.schema + "'");
+  auto again = store->loadInstanceRun(id, 1);
+  INFO((again ? std::string("ok") : again.error().toString()));
+  REQUIRE(again);
+  CHECK(again->snapshot.record.version == both->snapshot.record.version);
+
+  auto missing = store->loadInstanceRun(id + 1, 1);
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().code == Errc::NotFound);
+  CHECK(missing.error().message == "no instance " + std::to_string(id + 1));
+  auto noRun = store->loadInstanceRun(id, 9);
+  REQUIRE_FALSE(noRun);
+  CHECK(noRun.error().code == Errc::NotFound);
+  CHECK(noRun.error().message == "no step run " + std::to_string(id) + "_9");
 }

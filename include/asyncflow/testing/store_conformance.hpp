@@ -688,6 +688,45 @@ inline void loadStepRunReturnsWhatWasWritten(Store& store) {
   }
 }
 
+// loadInstanceRun returns what loadInstance and loadStepRun return, the
+// instance's NotFound when it is missing and the run's when only the run is.
+inline void loadInstanceRunReadsBoth(Store& store) {
+  StepRunRecord waiting = stepRun(2, "SubmitToErp", StepRunStatus::Waiting);
+  waiting.kind = StepKind::Async;
+  waiting.secret = "s3cret";
+  waiting.hasCompletion = true;
+  waiting.completion = Fields{{"Status", "Approved"}, {"Ticket", 1001}};
+  ChangeSet set = creationWith("Order", 1, InstanceStatus::Waiting,
+                               {stepRun(1, "Validate", StepRunStatus::Completed), waiting});
+  set.fields = Fields{{"OrderId", "A-17"}, {"Amount", 12.5}};
+  const InstanceId id = create(store, set);
+  const InstanceId bare = create(store, creation("Order", 1, {}));
+
+  for (const auto& [instance, run] : {std::pair<InstanceId, std::int64_t>{id, 1}, {id, 2}}) {
+    INFO("run " << instance << "_" << run);
+    auto both = store.loadInstanceRun(instance, run);
+    REQUIRE(codeOf(both) == "ok");
+    checkSame(both->snapshot, load(store, instance));
+    checkSame(both->run, loadRun(store, instance, run));
+  }
+  CHECK(store.loadInstanceRun(id, 2)->snapshot.fields.size() == 2);
+
+  auto noInstance = store.loadInstanceRun(bare + 1, 1);
+  CHECK(codeOf(noInstance) == "NotFound");
+  CHECK(codeOf(store.loadInstance(bare + 1)) == "NotFound");
+  if (!noInstance)
+    CHECK(noInstance.error().message == store.loadInstance(bare + 1).error().message);
+  for (const auto& [instance, run] :
+       {std::pair<InstanceId, std::int64_t>{id, 3}, {id, 0}, {bare, 5}}) {
+    INFO("run " << instance << "_" << run);
+    auto noRun = store.loadInstanceRun(instance, run);
+    REQUIRE(codeOf(noRun) == "NotFound");
+    auto alone = store.loadStepRun(instance, run);
+    REQUIRE(codeOf(alone) == "NotFound");
+    CHECK(noRun.error().message == alone.error().message);
+  }
+}
+
 inline void unknownIdsAreNotFound(Store& store) {
   CHECK(codeOf(store.loadInstance(1)) == "NotFound");
   CHECK(codeOf(store.loadInstance(0)) == "NotFound");
@@ -2667,6 +2706,9 @@ inline void checkStoreConformance(const StoreFactory& makeStore) {
   }
   SECTION("loadStepRun returns the run exactly as written") {
     run(detail::loadStepRunReturnsWhatWasWritten);
+  }
+  SECTION("loadInstanceRun reads the instance and the run together") {
+    run(detail::loadInstanceRunReadsBoth);
   }
   SECTION("unknown ids are NotFound") { run(detail::unknownIdsAreNotFound); }
   SECTION("an update with the expected version applies, writes expectedVersion + 1, upserts") {

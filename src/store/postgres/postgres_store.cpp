@@ -697,6 +697,45 @@ std::string storeId() {
 
 // --- the store -------------------------------------------------------------------------
 
+namespace {
+
+// The instance of load_instance's rows; NotFound when there are none.
+Result<InstanceSnapshot> instanceOf(const PgResult& r, InstanceId id) {
+  if (r.rows() == 0) return fail(Errc::NotFound, fmt::format("no instance {}", id));
+  InstanceSnapshot snapshot;
+  InstanceRecord& h = snapshot.record;
+  h.id = id;
+  h.process = textOf(r, 0, 0);
+  h.processVersion = static_cast<int>(r.int64(0, 1));
+  h.status = nameOf<InstanceStatus>(r, 0, 2, "instance status");
+  h.currentRun = r.int64(0, 3);
+  h.lastRun = r.int64(0, 4);
+  h.error = textOf(r, 0, 5);
+  h.createdAt = timeOf(r, 0, 6);
+  h.updatedAt = timeOf(r, 0, 7);
+  h.leaseOwner = textOf(r, 0, 8);
+  h.leaseExpiry = optionalTime(r, 0, 9);
+  h.version = static_cast<std::uint64_t>(r.int64(0, kInstanceColumns));
+  constexpr int kField = kInstanceColumns + 1;  // name, type, value
+  for (int row = 0; row < r.rows(); ++row) {
+    if (r.isNull(row, kField)) continue;  // no fields: the LEFT JOIN's one empty row
+    std::string name = textOf(r, row, kField);
+    Value value = readValue(r, row, kField + 1, name);
+    snapshot.fields.set(name, std::move(value));
+  }
+  return snapshot;
+}
+
+// The run of load_step_run's rows; NotFound when there are none.
+Result<StepRunRecord> stepRunOf(const PgResult& r, InstanceId instance, std::int64_t run) {
+  if (r.rows() == 0) return fail(Errc::NotFound, fmt::format("no step run {}_{}", instance, run));
+  StepRunRecord record = readStepRun(r, 0);
+  for (int row = 0; row < r.rows(); ++row) addCompletionField(r, row, kRunColumns, record);
+  return record;
+}
+
+}  // namespace
+
 class PostgresStore::Impl {
  public:
   Impl(ConnectionSettings settings, std::size_t poolSize, std::unique_ptr<Connection> first)
@@ -728,30 +767,7 @@ class PostgresStore::Impl {
       Params p;
       p.add(static_cast<std::int64_t>(id));
       // One statement, so the header and the fields come from one snapshot.
-      const PgResult r = pool_.query(kLoadInstance.name, p);
-      if (r.rows() == 0) return fail(Errc::NotFound, fmt::format("no instance {}", id));
-      InstanceSnapshot snapshot;
-      InstanceRecord& h = snapshot.record;
-      h.id = id;
-      h.process = textOf(r, 0, 0);
-      h.processVersion = static_cast<int>(r.int64(0, 1));
-      h.status = nameOf<InstanceStatus>(r, 0, 2, "instance status");
-      h.currentRun = r.int64(0, 3);
-      h.lastRun = r.int64(0, 4);
-      h.error = textOf(r, 0, 5);
-      h.createdAt = timeOf(r, 0, 6);
-      h.updatedAt = timeOf(r, 0, 7);
-      h.leaseOwner = textOf(r, 0, 8);
-      h.leaseExpiry = optionalTime(r, 0, 9);
-      h.version = static_cast<std::uint64_t>(r.int64(0, kInstanceColumns));
-      constexpr int kField = kInstanceColumns + 1;  // name, type, value
-      for (int row = 0; row < r.rows(); ++row) {
-        if (r.isNull(row, kField)) continue;  // no fields: the LEFT JOIN's one empty row
-        std::string name = textOf(r, row, kField);
-        Value value = readValue(r, row, kField + 1, name);
-        snapshot.fields.set(name, std::move(value));
-      }
-      return snapshot;
+      return instanceOf(pool_.query(kLoadInstance.name, p), id);
     });
   }
 
@@ -760,13 +776,28 @@ class PostgresStore::Impl {
       Params p;
       p.add(static_cast<std::int64_t>(instance));
       p.add(run);
-      const PgResult r = pool_.query(kLoadStepRun.name, p);
-      if (r.rows() == 0) {
-        return fail(Errc::NotFound, fmt::format("no step run {}_{}", instance, run));
-      }
-      StepRunRecord record = readStepRun(r, 0);
-      for (int row = 0; row < r.rows(); ++row) addCompletionField(r, row, kRunColumns, record);
-      return record;
+      return stepRunOf(pool_.query(kLoadStepRun.name, p), instance, run);
+    });
+  }
+
+  // loadInstance's statement, then loadStepRun's, in one pipeline: one round
+  // trip. The server runs them in order, so the run is read after the instance.
+  Result<InstanceRun> loadInstanceRun(InstanceId instance, std::int64_t run) {
+    return mapExceptions("loadInstanceRun", [&]() -> Result<InstanceRun> {
+      std::vector<PgResult> results = pool_.with([&](Connection& c) {
+        std::vector<Call> calls(2);
+        calls[0].statement = kLoadInstance.name;
+        calls[0].params.add(static_cast<std::int64_t>(instance));
+        calls[1].statement = kLoadStepRun.name;
+        calls[1].params.add(static_cast<std::int64_t>(instance));
+        calls[1].params.add(run);
+        return c.pipeline(calls);
+      });
+      auto snapshot = instanceOf(results[0], instance);
+      if (!snapshot) return tl::unexpected(snapshot.error());
+      auto found = stepRunOf(results[1], instance, run);
+      if (!found) return tl::unexpected(found.error());
+      return InstanceRun{std::move(*snapshot), std::move(*found)};
     });
   }
 
@@ -1163,6 +1194,9 @@ Result<InstanceSnapshot> PostgresStore::loadInstance(InstanceId id) {
 }
 Result<StepRunRecord> PostgresStore::loadStepRun(InstanceId instance, std::int64_t run) {
   return impl_->loadStepRun(instance, run);
+}
+Result<InstanceRun> PostgresStore::loadInstanceRun(InstanceId instance, std::int64_t run) {
+  return impl_->loadInstanceRun(instance, run);
 }
 Result<std::vector<ApplyResult>> PostgresStore::apply(std::vector<ChangeSet> batch) {
   return impl_->apply(std::move(batch));
