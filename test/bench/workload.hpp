@@ -27,10 +27,15 @@ Process cycleProcess(std::function<void(const std::string&)> onWait = {},
                      std::function<void()> onWork = {});
 
 // A Store that counts apply() calls: each is one commit of SqliteStore unless
-// the store merges concurrent ones (group commit).
+// the store merges concurrent ones (group commit). It forwards loadInstanceRun
+// too, so a store that reads both in one round trip does so under the benchmark.
 class CountingStore final : public StoreWrapper {
  public:
   using StoreWrapper::StoreWrapper;
+
+  Result<InstanceRun> loadInstanceRun(InstanceId instance, std::int64_t run) override {
+    return target().loadInstanceRun(instance, run);
+  }
 
   Result<std::vector<ApplyResult>> apply(std::vector<ChangeSet> batch) override {
     applies_.fetch_add(1, std::memory_order_relaxed);
