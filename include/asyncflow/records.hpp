@@ -101,6 +101,10 @@ struct StepRunRecord {
   // The business key an external system may complete the run by (the value of
   // the step's correlation field when it began to wait); empty when none.
   std::string correlationKey;
+  // The parallel branch the run belongs to (DESIGN.md section 9): 0 on the
+  // instance's main path, else the branch's id, the run number of the branch's
+  // first run. Never negative.
+  std::int64_t branch = 0;
 
   friend bool operator==(const StepRunRecord& a, const StepRunRecord& b) {
     return a.instance == b.instance && a.run == b.run && a.step == b.step && a.kind == b.kind &&
@@ -108,7 +112,7 @@ struct StepRunRecord {
            a.hasCompletion == b.hasCompletion && a.completion == b.completion &&
            a.error == b.error && a.createdAt == b.createdAt && a.waitingSince == b.waitingSince &&
            a.finishedAt == b.finishedAt && a.deadline == b.deadline &&
-           a.correlationKey == b.correlationKey;
+           a.correlationKey == b.correlationKey && a.branch == b.branch;
   }
 };
 

@@ -496,6 +496,33 @@ TEST_CASE("hosts that open a new schema at the same moment all open it, and it i
         std::vector<std::string>{std::to_string(PostgresStore::schemaVersion())});
 }
 
+TEST_CASE("a version 1 schema migrates to the current one: its runs are on the main path") {
+  const std::string conninfo = conninfoOrSkip();
+  Schemas schemas(conninfo);
+  PostgresOptions options;
+  options.schema = schemas.fresh("from_v1");
+  InstanceId id = 0;
+  {
+    auto store = openOrFail(conninfo, options);
+    auto created = store->apply({asyncflow::testing::detail::creation()});
+    REQUIRE(created);
+    id = created->front().instance;
+  }
+  // Back to what schema version 1 was: no branch column, one migration.
+  const std::string s = options.schema;
+  REQUIRE(execute(conninfo, "ALTER TABLE " + s + ".step_runs DROP COLUMN branch; DELETE FROM " + s +
+                                ".asyncflow_migrations WHERE version > 1") == "");
+  auto store = openOrFail(conninfo, options);
+  CHECK(column(conninfo, "SELECT version FROM " + s + ".asyncflow_migrations ORDER BY version") ==
+        std::vector<std::string>{"1", "2"});
+  CHECK(PostgresStore::schemaVersion() == 2);
+  auto run = store->loadStepRun(id, 1);
+  REQUIRE(run);
+  CHECK(run->branch == 0);
+  CHECK(column(conninfo, "SELECT branch FROM " + s + ".step_runs") ==
+        std::vector<std::string>{"0"});
+}
+
 namespace {
 
 // A connection of the test's own, as an operator's psql or another

@@ -265,18 +265,18 @@ TEST_CASE("a new file gets the page size asked for, an existing file keeps its o
 
 // --- the schema and its versions --------------------------------------------------------
 
-TEST_CASE("a new database records schema versions 1 to 5 and asyncflow's application id") {
+TEST_CASE("a new database records schema versions 1 to 6 and asyncflow's application id") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   openStore(path);
   openStore(path);  // reopening applies nothing again
 
   SQLite::Database db = connect(path);
-  CHECK(SqliteStore::schemaVersion() == 5);
+  CHECK(SqliteStore::schemaVersion() == 6);
   CHECK(db.execAndGet("PRAGMA application_id").getInt() == kAsyncflowApplicationId);
   SQLite::Statement migrations(
       db, "SELECT version, description, applied_at FROM asyncflow_migrations ORDER BY version");
-  for (int version = 1; version <= 5; ++version) {
+  for (int version = 1; version <= 6; ++version) {
     INFO("migration " << version);
     REQUIRE(migrations.executeStep());
     CHECK(migrations.getColumn(0).getInt() == version);
@@ -306,7 +306,7 @@ TEST_CASE("a database with a newer schema is refused and left unchanged") {
 
   const Error error = errorOf(SqliteStore::open(path));
   CHECK(error.code == Errc::StoreError);
-  CHECK(contains(error.message, "schema version 99 is newer than this library's 5"));
+  CHECK(contains(error.message, "schema version 99 is newer than this library's 6"));
   CHECK(readBytes(path) == before);
   CHECK_FALSE(fs::exists(path + "-wal"));
 }
@@ -326,7 +326,7 @@ TEST_CASE("a database with an older schema is migrated to the current one") {
   CHECK(create(*store) == 1);
   SQLite::Database db = connect(path);
   CHECK(db.execAndGet("SELECT group_concat(version) FROM asyncflow_migrations").getString() ==
-        "1,2,3,4,5");
+        "1,2,3,4,5,6");
   CHECK(db.execAndGet("PRAGMA journal_mode").getString() == "wal");
 }
 
@@ -429,7 +429,7 @@ WHERE r.status = 'Waiting';
 
 }  // namespace
 
-TEST_CASE("a version 1 database with a waiting run migrates to 5 and keeps working") {
+TEST_CASE("a version 1 database with a waiting run migrates to 6 and keeps working") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   const std::int64_t t0 = 1'700'000'000'000'000;  // kT0 in microseconds
@@ -460,7 +460,7 @@ TEST_CASE("a version 1 database with a waiting run migrates to 5 and keeps worki
   {
     SQLite::Database db = connect(path);
     CHECK(db.execAndGet("SELECT group_concat(version) FROM asyncflow_migrations").getString() ==
-          "1,2,3,4,5");
+          "1,2,3,4,5,6");
     CHECK(db.execAndGet("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
                         "name = 'step_runs_waiting_key'")
               .getInt() == 1);
@@ -625,7 +625,7 @@ CREATE TABLE start_keys (
 
 }  // namespace
 
-TEST_CASE("a version 3 database migrates to 5: its instances have no lease, and take leases") {
+TEST_CASE("a version 3 database migrates to 6: its instances have no lease, and take leases") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   {
@@ -655,7 +655,7 @@ TEST_CASE("a version 3 database migrates to 5: its instances have no lease, and 
   {
     SQLite::Database db = connect(path);
     CHECK(db.execAndGet("SELECT group_concat(version) FROM asyncflow_migrations").getString() ==
-          "1,2,3,4,5");
+          "1,2,3,4,5,6");
     CHECK(db.execAndGet("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
                         "name = 'instances_lease_expiry'")
               .getInt() == 1);
@@ -745,7 +745,7 @@ CREATE TABLE process_fields (
 
 }  // namespace
 
-TEST_CASE("a version 4 database migrates to 5: its declarations keep their fields, have no steps") {
+TEST_CASE("a version 4 database migrates to 6: its declarations keep their fields, have no steps") {
   TempDir dir;
   const std::string path = dir.file("store.db");
   {
@@ -782,13 +782,17 @@ TEST_CASE("a version 4 database migrates to 5: its declarations keep their field
   {
     SQLite::Database db = connect(path);
     CHECK(db.execAndGet("SELECT group_concat(version) FROM asyncflow_migrations").getString() ==
-          "1,2,3,4,5");
+          "1,2,3,4,5,6");
     CHECK(db.tableExists("process_steps"));
     CHECK(db.execAndGet("SELECT count(*) FROM process_steps").getInt() == 0);
     // The recreated view leaves out the run with a completion recorded.
     CHECK(db.execAndGet("SELECT group_concat(serial) FROM waiting_steps").getString() ==
           "1_1_c2VjcmV0");
   }
+
+  // Runs written before migration 6 are on the main path.
+  CHECK(store->loadStepRun(1, 1).value().branch == 0);
+  CHECK(store->loadStepRun(2, 1).value().branch == 0);
 
   // The old declarations read back whole, with no steps.
   using asyncflow::testing::processDeclaration;

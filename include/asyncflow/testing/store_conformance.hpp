@@ -173,7 +173,7 @@ inline std::string describe(const StepRunRecord& r) {
          describe(r.completion) + ", error " + describeBytes(r.error) + ", createdAt " +
          describe(r.createdAt) + ", waitingSince " + describe(r.waitingSince) + ", finishedAt " +
          describe(r.finishedAt) + ", deadline " + describe(r.deadline) + ", correlationKey " +
-         describeBytes(r.correlationKey) + "}";
+         describeBytes(r.correlationKey) + ", branch " + std::to_string(r.branch) + "}";
 }
 
 inline std::string describe(HistoryKind kind) { return std::string(historyKindName(kind)); }
@@ -649,6 +649,7 @@ inline void loadStepRunReturnsWhatWasWritten(Store& store) {
   full.waitingSince = at(2'000'002);
   full.finishedAt = at(3'000'003);
   full.deadline = at(86'400'000'007);
+  full.branch = 1;
 
   StepRunRecord bare;  // deadline unset, no completion, epoch times, no secret
   bare.run = 2;
@@ -659,6 +660,7 @@ inline void loadStepRunReturnsWhatWasWritten(Store& store) {
   StepRunRecord applied = stepRun(3, "Notify", StepRunStatus::Completed);
   applied.hasCompletion = true;  // a completion whose fields are applied: none left
   applied.deadline = at(5);
+  applied.branch = 9'007'199'254'740'993;  // 2^53 + 1: no double holds it
 
   ChangeSet set = creationWith("Order", 1, InstanceStatus::Waiting, {full, bare, applied});
   const InstanceId id = create(store, set);
@@ -1820,6 +1822,65 @@ inline void listDueReturnsDueWaitingRunsInDeadlineOrder(Store& store) {
   }
 }
 
+// Parallel branches (DESIGN.md section 9): one instance with an open run on
+// each of several branches. Each run is listed, found by its key and due on
+// its own, keeps its branch, and leaves the lists alone when it closes.
+inline void severalOpenRunsOfOneInstance(Store& store) {
+  using S = StepRunStatus;
+  auto onBranch = [](StepRunRecord run, std::int64_t branch) {
+    run.kind = StepKind::Async;
+    run.branch = branch;
+    return run;
+  };
+  StepRunRecord split = stepRun(1, "Split", S::Completed);
+  StepRunRecord hr = onBranch(keyedRun(2, "ApproveHr", S::Waiting, "ORDER-9"), 2);
+  hr.deadline = at(100);
+  StepRunRecord it = onBranch(keyedRun(3, "ApproveIt", S::Waiting, "ORDER-9"), 3);
+  it.deadline = at(200);
+  StepRunRecord finance = onBranch(stepRun(4, "ApproveFinance", S::Starting), 4);
+  const InstanceId id =
+      create(store, creationWith("Order", 1, InstanceStatus::Waiting, {split, hr, it, finance}));
+  const InstanceId other =
+      create(store, creationWith("Order", 1, InstanceStatus::Waiting,
+                                 {onBranch(keyedRun(1, "ApproveHr", S::Waiting, "ORDER-9"), 0)}));
+
+  for (StepRunRecord expected : {split, hr, it, finance}) {
+    expected.instance = id;
+    INFO("run " << expected.run);
+    checkSame(loadRun(store, id, expected.run), expected);
+  }
+  CHECK(describeKeys(listWaiting(store, WaitingQuery{})) ==
+        describeKeys(std::vector<std::string>{keyOf(id, 2), keyOf(id, 3), keyOf(other, 1)}));
+  const auto rows = listWaiting(store, WaitingQuery{});
+  REQUIRE(rows.size() == 3);
+  CHECK(rows[0].run.branch == 2);
+  CHECK(rows[1].run.branch == 3);
+  CHECK(rows[2].run.branch == 0);
+  CHECK(describeKeys(findByKey(store, "Order", "ApproveIt", "ORDER-9")) ==
+        describeKeys(std::vector<StepRunKey>{{id, 3}}));
+  CHECK(describeKeys(findByKey(store, "Order", "ApproveHr", "ORDER-9")) ==
+        describeKeys(std::vector<StepRunKey>{{id, 2}, {other, 1}}));
+  CHECK(describeKeys(listDue(store, at(200), 100)) ==
+        describeKeys(std::vector<StepRunKey>{{id, 2}, {id, 3}}));
+  CHECK(describe(nextDeadline(store)) == describe(at(100)));
+
+  // One branch's run closes; the others stay open, listed and due.
+  StepRunRecord closed = hr;
+  closed.instance = id;
+  closed.status = S::Completed;
+  closed.finishedAt = at(50);
+  writeRuns(store, id, {closed});
+  CHECK(describeKeys(listWaiting(store, WaitingQuery{})) ==
+        describeKeys(std::vector<std::string>{keyOf(id, 3), keyOf(other, 1)}));
+  CHECK(describeKeys(findByKey(store, "Order", "ApproveHr", "ORDER-9")) ==
+        describeKeys(std::vector<StepRunKey>{{other, 1}}));
+  CHECK(describeKeys(listDue(store, at(200), 100)) ==
+        describeKeys(std::vector<StepRunKey>{{id, 3}}));
+  CHECK(describe(nextDeadline(store)) == describe(at(200)));
+  CHECK(loadRun(store, id, 2).branch == 2);
+  CHECK(loadRun(store, id, 4).status == S::Starting);
+}
+
 inline void findByKeyReturnsWaitingRunsOfOneStepWithTheKey(Store& store) {
   using S = StepRunStatus;
   CHECK(findByKey(store, "Order", "Approve", "K-1").empty());
@@ -2766,6 +2827,9 @@ inline void checkStoreConformance(const StoreFactory& makeStore) {
   }
   SECTION("findByKey returns Waiting runs of exactly one process, step and key") {
     run(detail::findByKeyReturnsWaitingRunsOfOneStepWithTheKey);
+  }
+  SECTION("several open runs of one instance, one per parallel branch") {
+    run(detail::severalOpenRunsOfOneInstance);
   }
   SECTION("a create claims its start key with it; findStartKey reports the claim") {
     run(detail::startKeysAreClaimedWithTheirInstance);

@@ -253,6 +253,7 @@ StepRunRecord readStepRun(const PgResult& r, int row) {
   s.finishedAt = timeOrEpoch(r, row, 11);
   s.deadline = optionalTime(r, row, 12);
   s.correlationKey = textOf(r, row, 13);  // NULL reads as empty
+  s.branch = r.int64(row, 14);
   return s;
 }
 
@@ -523,6 +524,7 @@ class BatchWriter {
     } else {
       addText(p, r.correlationKey);
     }
+    p.add(r.branch);
     // The run's completion rows become the record's completion (a replaced
     // run may drop one): upsert_step_run deletes them, the record's follow.
     pending_.push_back(prepared(kUpsertStepRun, std::move(p)));

@@ -186,6 +186,12 @@ SELECT r.instance_id || '_' || r.run ||
 FROM step_runs AS r JOIN instances AS i ON i.id = r.instance_id
 WHERE r.status = 'Waiting' AND NOT r.has_completion;
 )sql"},
+    {2, "the parallel branch of each step run", R"sql(
+-- The parallel branch a run belongs to (DESIGN.md section 9): 0 on the
+-- instance's main path, else the run number of the branch's first run. Runs
+-- written before this migration are on the main path.
+ALTER TABLE step_runs ADD COLUMN branch bigint NOT NULL DEFAULT 0 CHECK (branch >= 0);
+)sql"},
 };
 
 // The advisory lock's key: one per schema name, in asyncflow's own range of

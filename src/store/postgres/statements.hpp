@@ -12,14 +12,14 @@ struct Statement {
 };
 
 // Column lists the readers index: the instance header is columns 0..9, then
-// the version; a step run is columns 0..13.
+// the version; a step run is columns 0..14.
 inline constexpr int kInstanceColumns = 10;
-inline constexpr int kRunColumns = 14;
+inline constexpr int kRunColumns = 15;
 
 #define ASYNCFLOW_PG_RUN_COLUMNS(t)                                                           \
   t "instance_id, " t "run, " t "step, " t "kind, " t "status, " t "attempt, " t "secret, " t \
     "has_completion, " t "error, " t "created_at, " t "waiting_since, " t "finished_at, " t   \
-    "deadline, " t "correlation_key"
+    "deadline, " t "correlation_key, " t "branch"
 
 inline constexpr Statement kLoadInstance{
     "load_instance",
@@ -130,13 +130,13 @@ inline constexpr Statement kUpsertStepRun{
     "upsert_step_run",
     "WITH gone AS (DELETE FROM completion_fields WHERE instance_id = $1 AND run = $2) "
     "INSERT INTO step_runs (" ASYNCFLOW_PG_RUN_COLUMNS("") ") "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
     "ON CONFLICT (instance_id, run) DO UPDATE SET step = excluded.step, kind = excluded.kind, "
     "status = excluded.status, attempt = excluded.attempt, secret = excluded.secret, "
     "has_completion = excluded.has_completion, error = excluded.error, "
     "created_at = excluded.created_at, waiting_since = excluded.waiting_since, "
     "finished_at = excluded.finished_at, deadline = excluded.deadline, "
-    "correlation_key = excluded.correlation_key"};
+    "correlation_key = excluded.correlation_key, branch = excluded.branch"};
 
 inline constexpr Statement kInsertCompletion{
     "insert_completion",

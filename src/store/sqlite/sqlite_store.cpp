@@ -64,6 +64,7 @@ StepRunRecord readStepRun(const SQLite::Statement& s) {
   r.finishedAt = timeOrEpoch(s.getColumn(11));
   if (!s.isColumnNull(12)) r.deadline = fromMicros(s.getColumn(12).getInt64());
   r.correlationKey = bytesOf(s.getColumn(13));  // NULL reads as empty
+  r.branch = s.getColumn(14).getInt64();
   return r;
 }
 
@@ -352,6 +353,7 @@ class GroupWriter {
     } else {
       bindText(s, 14, r.correlationKey);
     }
+    s.bind(15, r.branch);
     run(s);
 
     // The run's completion rows become the record's completion. The DELETE runs

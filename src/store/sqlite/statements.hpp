@@ -22,10 +22,14 @@ inline constexpr const char* kInstanceColumnNames[] = {
 inline constexpr int kInstanceColumns = static_cast<int>(std::size(kInstanceColumnNames));
 
 // Step-run columns, in the order writeStepRun binds and readStepRun reads them.
-inline constexpr const char* kRunColumnNames[] = {
-    "instance_id",   "run",         "step",           "kind",           "status",
-    "attempt",       "secret",      "has_completion", "error",          "created_at",
-    "waiting_since", "finished_at", "deadline",       "correlation_key"};
+inline constexpr const char* kRunColumnNames[] = {"instance_id",   "run",
+                                                  "step",          "kind",
+                                                  "status",        "attempt",
+                                                  "secret",        "has_completion",
+                                                  "error",         "created_at",
+                                                  "waiting_since", "finished_at",
+                                                  "deadline",      "correlation_key",
+                                                  "branch"};
 inline constexpr int kRunColumns = static_cast<int>(std::size(kRunColumnNames));
 
 // The read statements, prepared on one connection. Each query's row layout is
