@@ -149,9 +149,13 @@ std::string_view joinEventName(JoinEvent event) noexcept {
   return "?";
 }
 
-JoinMove openJoin(const JoinRule& rule, std::size_t branches) {
+Result<JoinMove> openJoin(const JoinRule& rule, std::size_t branches) {
+  if (branches == 0) return fail(Errc::InvalidArgument, "a join over no branches");
+  if (rule.kind == JoinRule::Kind::AtLeast && rule.count == 0) {
+    return fail(Errc::InvalidArgument, "a join that needs 0 arrivals");
+  }
   Join join{rule, JoinState::Open, std::vector<BranchState>(branches, BranchState::Open)};
-  if (arrivalsNeeded(rule, branches) > branches || arrivalsNeeded(rule, branches) == 0) {
+  if (arrivalsNeeded(rule, branches) > branches) {
     return closeWith(join, JoinState::Broken, JoinThen::Broke);
   }
   return JoinMove{std::move(join), JoinThen::Wait, {}, {}};
@@ -191,7 +195,9 @@ Result<JoinMove> joinOn(const Join& join, JoinEvent event, JoinSource source) {
       if (join.state == JoinState::Cancelled) {
         return fail(Errc::Cancelled, "the join was cancelled with its instance");
       }
-      if (join.state != JoinState::Broken) return noMove(join, event);
+      if (join.state != JoinState::Broken && join.state != JoinState::TimedOut) {
+        return noMove(join, event);
+      }
       const std::size_t needed = arrivalsNeeded(join.rule, join.branches.size());
       if (needed > join.branches.size()) {
         return fail(Errc::InvalidArgument,

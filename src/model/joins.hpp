@@ -18,8 +18,11 @@
 //   Open ──deadline──▶ TimedOut             the open branches cancelled; the join's
 //                                           escalation line, or the instance fails
 //   Open | Broken ──cancel──▶ Cancelled     the open branches cancelled
-//   Broken ──retry──▶ Open                  every branch that did not arrive runs
-//                                           its last step again; arrivals stand
+//   Broken | TimedOut ──retry──▶ Open       every branch that did not arrive runs
+//                                           its last step again (those the join
+//                                           cancelled too: only the join stopped
+//                                           them); arrivals stand; a deadline
+//                                           starts again from the retry
 //   Fired | TimedOut ──cancel──▶ (the same) the instance is past the join: cancelling
 //                                           it is the instance's and its runs' move
 //
@@ -88,7 +91,7 @@ enum class JoinEvent {
   BranchFailed,  // a branch's run failed or timed out and nothing took it on
   Deadline,      // the join's deadline passed
   Cancel,        // the instance is cancelled
-  Retry,         // the failed instance is retried at the broken join
+  Retry,         // the failed instance is retried at the broken or timed-out join
 };
 
 // "Open", "Arrive", ... Never fail.
@@ -111,8 +114,10 @@ struct Join {
 // A join just opened over `branches` branches, all Open: Broken at once when
 // the rule needs more arrivals than there are branches (an AtLeast over a
 // split whose rules started fewer), with `then` Broke for the caller.
+// InvalidArgument for no branches at all, or an AtLeast of 0 (define() refuses
+// both; nothing could ever arrive, or nothing need).
 struct JoinMove;
-JoinMove openJoin(const JoinRule& rule, std::size_t branches);
+Result<JoinMove> openJoin(const JoinRule& rule, std::size_t branches);
 
 // The event's sender: the branch it concerns and the status of that branch's
 // latest run. Arrive: the branch's run that just Completed, the branch still
@@ -132,7 +137,7 @@ enum class JoinThen {
   Broke,        // the join broke: its error line, or the instance fails
   Escalate,     // the join timed out: its escalation line, or the instance fails
   Cancelled,    // the join was cancelled with the instance
-  Rerun,        // the join reopened: the branches in `rerun` start again
+  Rerun,        // the join reopened (retry): the branches in `rerun` start again
   Past,         // the join was already closed: nothing of it changes
 };
 

@@ -190,7 +190,12 @@ std::vector<Row> table() {
       moves(JoinState::TimedOut, JoinEvent::Cancel, {StepRunStatus::Cancelled}, JoinState::TimedOut,
             JoinThen::Past, {kCancelled, kCancelled}),
       refused(JoinState::TimedOut, JoinEvent::Cancel, kOpenRuns, internal),
-      refused(JoinState::TimedOut, JoinEvent::Retry, kAllRuns, internal),
+      moves(JoinState::TimedOut, JoinEvent::Retry, {StepRunStatus::Completed}, JoinState::Open,
+            JoinThen::Rerun, {kArrived, kOpen}, std::nullopt, {}, {1}),
+      moves(JoinState::TimedOut, JoinEvent::Retry,
+            {StepRunStatus::Failed, StepRunStatus::TimedOut, StepRunStatus::Cancelled},
+            JoinState::Open, JoinThen::Rerun, {kOpen, kOpen}, std::nullopt, {}, {0, 1}),
+      refused(JoinState::TimedOut, JoinEvent::Retry, kOpenRuns, internal),
 
       // Cancelled: everything was cancelled with the instance.
       refused(JoinState::Cancelled, JoinEvent::Arrive, kAllRuns, internal),
@@ -274,6 +279,17 @@ TEST_CASE("Any: the first arrival fires the join and cancels the branches still 
   CHECK(second->join.branches == std::vector<BranchState>{kFailed, kFailed});
 }
 
+TEST_CASE("All: the last arrival fires the join with nothing left to cancel") {
+  const Join all{JoinRule::all(), JoinState::Open, {kArrived, kOpen, kArrived}};
+  auto move = asyncflow::detail::joinOn(all, JoinEvent::Arrive, {1, StepRunStatus::Completed});
+  REQUIRE(move);
+  CHECK(move->join.state == JoinState::Fired);
+  CHECK(move->then == JoinThen::RunJoinStep);
+  CHECK(move->join.branches == std::vector<BranchState>(3, kArrived));
+  CHECK(move->cancel.empty());
+  CHECK(move->rerun.empty());
+}
+
 TEST_CASE("AtLeast: the join fires at its count, and breaks when the count is out of reach") {
   const Join two{JoinRule::atLeast(2), JoinState::Open, {kOpen, kOpen, kOpen, kOpen}};
   auto one = asyncflow::detail::joinOn(two, JoinEvent::Arrive, {2, StepRunStatus::Completed});
@@ -315,24 +331,40 @@ TEST_CASE("AtLeast: the join fires at its count, and breaks when the count is ou
 
 TEST_CASE("a join opens over its branches, broken at once when its count exceeds them") {
   auto open = asyncflow::detail::openJoin(JoinRule::all(), 3);
-  CHECK(open.join.state == JoinState::Open);
-  CHECK(open.then == JoinThen::Wait);
-  CHECK(open.join.branches == std::vector<BranchState>(3, kOpen));
+  REQUIRE(open);
+  CHECK(open->join.state == JoinState::Open);
+  CHECK(open->then == JoinThen::Wait);
+  CHECK(open->join.branches == std::vector<BranchState>(3, kOpen));
 
   auto tooFew = asyncflow::detail::openJoin(JoinRule::atLeast(3), 2);
-  CHECK(tooFew.join.state == JoinState::Broken);
-  CHECK(tooFew.then == JoinThen::Broke);
-  CHECK(tooFew.cancel == std::vector<std::size_t>{0, 1});
-  CHECK(tooFew.join.branches == std::vector<BranchState>(2, kCancelled));
+  REQUIRE(tooFew);
+  CHECK(tooFew->join.state == JoinState::Broken);
+  CHECK(tooFew->then == JoinThen::Broke);
+  CHECK(tooFew->cancel == std::vector<std::size_t>{0, 1});
+  CHECK(tooFew->join.branches == std::vector<BranchState>(2, kCancelled));
+  // It can still be cancelled with its instance.
+  auto cancelled =
+      asyncflow::detail::joinOn(tooFew->join, JoinEvent::Cancel, {0, StepRunStatus::Cancelled});
+  REQUIRE(cancelled);
+  CHECK(cancelled->join.state == JoinState::Cancelled);
   // No rerun can meet it: the retry is refused and changes nothing.
   auto retry =
-      asyncflow::detail::joinOn(tooFew.join, JoinEvent::Retry, {0, StepRunStatus::Cancelled});
+      asyncflow::detail::joinOn(tooFew->join, JoinEvent::Retry, {0, StepRunStatus::Cancelled});
   REQUIRE_FALSE(retry);
   CHECK(retry.error().code == Errc::InvalidArgument);
   CHECK(retry.error().message == "the join needs 3 arrivals of 2 branches: a retry cannot meet it");
 
-  // Any over no branch at all: nothing can arrive.
-  CHECK(asyncflow::detail::openJoin(JoinRule::any(), 0).join.state == JoinState::Broken);
+  // No branch at all, or nothing needed: refused.
+  for (const JoinRule& rule : {JoinRule::all(), JoinRule::any(), JoinRule::atLeast(1)}) {
+    auto none = asyncflow::detail::openJoin(rule, 0);
+    REQUIRE_FALSE(none);
+    CHECK(none.error().code == Errc::InvalidArgument);
+    CHECK(none.error().message == "a join over no branches");
+  }
+  auto zero = asyncflow::detail::openJoin(JoinRule::atLeast(0), 2);
+  REQUIRE_FALSE(zero);
+  CHECK(zero.error().code == Errc::InvalidArgument);
+  CHECK(zero.error().message == "a join that needs 0 arrivals");
   CHECK(asyncflow::detail::arrivalsNeeded(JoinRule::all(), 5) == 5);
   CHECK(asyncflow::detail::arrivalsNeeded(JoinRule::any(), 5) == 1);
   CHECK(asyncflow::detail::arrivalsNeeded(JoinRule::atLeast(4), 5) == 4);

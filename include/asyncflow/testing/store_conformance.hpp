@@ -1869,6 +1869,7 @@ inline void severalOpenRunsOfOneInstance(Store& store) {
   closed.instance = id;
   closed.status = S::Completed;
   closed.finishedAt = at(50);
+  closed.branch = 7;  // a replaced run is written whole, its branch included
   writeRuns(store, id, {closed});
   CHECK(describeKeys(listWaiting(store, WaitingQuery{})) ==
         describeKeys(std::vector<std::string>{keyOf(id, 3), keyOf(other, 1)}));
@@ -1877,7 +1878,8 @@ inline void severalOpenRunsOfOneInstance(Store& store) {
   CHECK(describeKeys(listDue(store, at(200), 100)) ==
         describeKeys(std::vector<StepRunKey>{{id, 3}}));
   CHECK(describe(nextDeadline(store)) == describe(at(200)));
-  CHECK(loadRun(store, id, 2).branch == 2);
+  CHECK(loadRun(store, id, 2).branch == 7);
+  CHECK(loadRun(store, id, 3).branch == 3);
   CHECK(loadRun(store, id, 4).status == S::Starting);
 }
 

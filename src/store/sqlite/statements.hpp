@@ -96,7 +96,7 @@ struct Writes {
   SQLite::Statement updateInstance;
   // ?1 instance, ?2 name, ?3 type, ?4 value.
   SQLite::Statement upsertField;
-  // ?1..?14 the run columns.
+  // ?1..?15 the run columns.
   SQLite::Statement upsertStepRun;
   // ?1 instance, ?2 run.
   SQLite::Statement deleteCompletion;
